@@ -1,0 +1,113 @@
+"""Ordered, named schema migrations. Never edit one that has shipped; add the next."""
+
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    name: str
+    sql: str
+
+
+# The series key: every delta is computed within one of these.
+SERIES = "tenant_id, tool_id, session_id, source, metric"
+
+_SAMPLES = """
+CREATE TABLE samples (
+    seq        BIGINT NOT NULL,      -- global, strictly increasing, the stream cursor
+    batch      BIGINT NOT NULL,      -- one collection tick or one push request
+    ts         TIMESTAMPTZ NOT NULL,
+    tenant_id  VARCHAR NOT NULL,
+    tool_id    VARCHAR,
+    session_id VARCHAR,
+    source     VARCHAR NOT NULL,
+    metric     VARCHAR NOT NULL,     -- dotted path, e.g. mlx_metrics.total_embeddings
+    kind       VARCHAR NOT NULL CHECK (kind IN ('counter', 'gauge', 'delta')),
+    value      DOUBLE NOT NULL
+);
+CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+INSERT INTO meta VALUES ('epoch', CAST(uuid() AS VARCHAR));
+-- One row per source per tick, so a failed scrape keeps its error text.
+CREATE TABLE scrapes (
+    batch            BIGINT NOT NULL,
+    ts               TIMESTAMPTZ NOT NULL,
+    tenant_id        VARCHAR NOT NULL,
+    tool_id          VARCHAR,
+    source           VARCHAR NOT NULL,
+    up               BOOLEAN NOT NULL,
+    duration_seconds DOUBLE NOT NULL,
+    error            VARCHAR
+);
+-- Idempotency keys of pushed events: a repeated event_id is stored once per tenant.
+CREATE TABLE ingest_events (
+    tenant_id VARCHAR NOT NULL,
+    event_id  VARCHAR NOT NULL,
+    batch     BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, event_id)
+);
+-- Append-only history of tenant settings; the newest row per tenant is in force.
+CREATE TABLE tenant_settings (
+    tenant_id  VARCHAR NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL,
+    settings   JSON NOT NULL
+);
+"""
+
+# The truth about deltas. A counter's delta is the rise since the previous sample of its
+# series, or its whole value where it dropped (an upstream restart is new work, never a
+# negative number); the first sample of a series has none. A `delta` sample is its own
+# increment. Gauges have none.
+_DELTAS = f"""
+CREATE MACRO sample_delta(kind, value, prev) AS
+    CASE
+        WHEN kind = 'delta' THEN value
+        WHEN kind = 'counter' AND prev IS NOT NULL
+            THEN CASE WHEN value >= prev THEN value - prev ELSE value END
+    END;
+
+CREATE VIEW sample_deltas AS
+SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value,
+       sample_delta(kind, value, prev) AS delta
+FROM (
+    SELECT *, lag(value) OVER (PARTITION BY {SERIES} ORDER BY ts, seq) AS prev
+    FROM samples
+);
+
+-- The same rows as `sample_deltas` for ts in [t_from, t_to), but filtering inside the
+-- window function so DuckDB can skip old row groups. A series' previous sample is looked
+-- for within `lookback` before t_from; a series with no sample there (a long gap) falls
+-- back to its last sample before that, so the answer is exact, not approximate.
+CREATE MACRO sample_deltas_between(t_from, t_to, lookback := INTERVAL 1 DAY) AS TABLE
+WITH recent AS (
+    SELECT * FROM samples
+    WHERE ts >= CAST(t_from AS TIMESTAMPTZ) - lookback AND ts < CAST(t_to AS TIMESTAMPTZ)
+),
+orphans AS (
+    SELECT {SERIES} FROM recent
+    GROUP BY ALL
+    HAVING min(ts) >= CAST(t_from AS TIMESTAMPTZ)
+),
+older AS (
+    SELECT s.* FROM samples s
+    SEMI JOIN orphans o
+        ON s.tenant_id = o.tenant_id
+        AND s.tool_id IS NOT DISTINCT FROM o.tool_id
+        AND s.session_id IS NOT DISTINCT FROM o.session_id
+        AND s.source = o.source
+        AND s.metric = o.metric
+    WHERE s.ts < CAST(t_from AS TIMESTAMPTZ) - lookback
+    QUALIFY row_number() OVER (PARTITION BY {SERIES} ORDER BY ts DESC, seq DESC) = 1
+),
+windowed AS (
+    SELECT *, lag(value) OVER (PARTITION BY {SERIES} ORDER BY ts, seq) AS prev
+    FROM (SELECT * FROM recent UNION ALL SELECT * FROM older)
+)
+SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value,
+       sample_delta(kind, value, prev) AS delta
+FROM windowed
+WHERE ts >= CAST(t_from AS TIMESTAMPTZ);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_samples", _SAMPLES),
+    Migration("0002_sample_deltas", _DELTAS),
+)

@@ -1,0 +1,72 @@
+"""Pydantic models of every REST body and query string (the edges only)."""
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from schemas.rows import Kind
+
+MAX_EVENTS_PER_REQUEST = 10_000
+
+Label = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+TenantId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+MetricValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestEvent(Strict):
+    """One pushed observation of one or more metrics from one source."""
+
+    source: Label
+    kind: Kind
+    metrics: Annotated[dict[Label, MetricValue], Field(min_length=1)]
+    tenant_id: TenantId = "local"
+    tool_id: Label | None = None
+    session_id: Label | None = None
+    event_id: Label | None = None
+    ts: AwareDatetime | None = None
+
+
+class IngestBatch(Strict):
+    events: Annotated[list[IngestEvent], Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)]
+
+
+class IngestAccepted(Strict):
+    accepted: int
+    seq: int
+
+
+class SampleFilters(Strict):
+    """Filters shared by the history routes; each one given narrows the answer."""
+
+    metric: Label | None = None
+    source: Label | None = None
+    tenant_id: TenantId | None = None
+    tool_id: Label | None = None
+    session_id: Label | None = None
+
+
+class SeriesParams(SampleFilters):
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+    limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+
+
+class LatestParams(SampleFilters):
+    pass
+
+
+class SampleOut(Strict):
+    seq: int
+    ts: datetime
+    tenant_id: str
+    tool_id: str | None
+    session_id: str | None
+    source: str
+    metric: str
+    kind: Kind
+    value: float

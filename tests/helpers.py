@@ -1,0 +1,113 @@
+"""Real things for tests: a scripted HTTP upstream, a uvicorn server on a free port."""
+
+import contextlib
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import uvicorn
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b"{}"
+    content_type: str = "application/json"
+    delay: float = 0.0
+
+
+class Upstream:
+    """A local HTTP server whose answers per path are scripted by the test.
+
+    Each path has a queue of replies; the last one repeats. Every request is counted.
+    """
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, deque[Reply]] = {}
+        self.requests: Counter[str] = Counter()
+        self._release = threading.Event()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                upstream.requests[self.path] += 1
+                queue = upstream.scripts.get(self.path)
+                if not queue:
+                    self.send_error(404)
+                    return
+                reply = queue.popleft() if len(queue) > 1 else queue[0]
+                if reply.delay and upstream._release.wait(reply.delay):
+                    return
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(reply.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def script(self, path: str, *replies: Reply) -> str:
+        self.scripts[path] = deque(replies)
+        return self.url(path)
+
+    def __enter__(self) -> "Upstream":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release.set()  # let hanging handlers go
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll until `condition()` is truthy and return it; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Run `app` under a real uvicorn server on a free port; yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), timeout=20)
+    if not server.started:
+        raise RuntimeError("server did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

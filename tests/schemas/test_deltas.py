@@ -1,0 +1,123 @@
+"""The `sample_deltas` view defines the truth; the windowed macro must agree exactly."""
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.db import Database
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+COLUMNS = ["seq", "batch", "ts", "tenant_id", "tool_id", "session_id", "source", "metric",
+           "kind", "value"]  # fmt: skip
+
+
+def insert(con: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]]) -> None:
+    table = pa.table({name: [r[i] for r in rows] for i, name in enumerate(COLUMNS)})
+    con.register("rows_in", table)
+    con.execute(f"INSERT INTO samples SELECT {', '.join(COLUMNS)} FROM rows_in")
+    con.unregister("rows_in")
+
+
+def counter_rows(values: list[float], step: timedelta = timedelta(minutes=1)) -> list[tuple]:
+    return [
+        (
+            i + 1,
+            i + 1,
+            T0 + i * step,
+            "local",
+            None,
+            None,
+            "compression",
+            "metrics.total_tokens_saved",
+            "counter",
+            float(v),
+        )  # fmt: skip
+        for i, v in enumerate(values)
+    ]
+
+
+def test_counter_reset_counts_new_work_not_negative(db: Database) -> None:
+    con = db.cursor()
+    insert(con, counter_rows([1000, 1010, 1015, 5, 12]))
+    deltas = con.execute("SELECT delta FROM sample_deltas ORDER BY seq").fetchall()
+    assert [d for (d,) in deltas] == [None, 10, 5, 5, 7]
+
+
+def test_gauges_have_no_delta_and_delta_kind_is_its_own_increment(db: Database) -> None:
+    con = db.cursor()
+    rows = [
+        (1, 1, T0, "local", None, None, "e", "hit_rate", "gauge", 0.5),
+        (2, 2, T0 + timedelta(seconds=1), "local", None, None, "e", "hit_rate", "gauge", 0.2),
+        (3, 3, T0, "local", "t", "s", "push", "tokens_saved", "delta", 40.0),
+        (4, 4, T0 + timedelta(seconds=1), "local", "t", "s", "push", "tokens_saved", "delta", 2.0),
+    ]
+    insert(con, rows)
+    got = dict(con.execute("SELECT seq, delta FROM sample_deltas").fetchall())
+    assert got == {1: None, 2: None, 3: 40.0, 4: 2.0}
+
+
+def test_window_macro_looks_back_past_a_long_gap(db: Database) -> None:
+    con = db.cursor()
+    # Samples two days apart: with a 1 h lookback the previous one is outside it.
+    insert(con, counter_rows([100, 150, 20, 60], step=timedelta(days=2)))
+    got = con.execute(
+        "SELECT seq, delta FROM sample_deltas_between($a, $b, lookback := INTERVAL 1 HOUR) "
+        "ORDER BY seq",
+        {"a": T0 + timedelta(days=3), "b": T0 + timedelta(days=10)},
+    ).fetchall()
+    assert got == [(3, 20.0), (4, 40.0)]
+
+
+SERIES = st.tuples(
+    st.sampled_from(["local", "acme"]),
+    st.sampled_from([None, "claude-code", "cursor"]),
+    st.sampled_from([None, "s-1"]),
+    st.sampled_from(["embeddings", "compression"]),
+    st.sampled_from(["m.total", "m.rate"]),
+    st.sampled_from(["counter", "counter", "gauge", "delta"]),
+)
+POINT = st.tuples(
+    st.integers(0, 5),  # which series
+    st.sampled_from([0, 0, 1, 30, 600, 7200, 200_000]),  # seconds since the last point
+    st.one_of(st.integers(0, 5000), st.just(0)),  # values: drops are resets
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    series=st.lists(SERIES, min_size=1, max_size=6, unique_by=lambda s: s[:5]),
+    points=st.lists(POINT, min_size=1, max_size=80),
+    window=st.tuples(st.integers(0, 400_000), st.integers(1, 400_000)),
+    lookback_s=st.sampled_from([60, 3600, 86_400]),
+)
+def test_window_macro_agrees_exactly_with_the_view(
+    series: list[tuple], points: list[tuple], window: tuple[int, int], lookback_s: int
+) -> None:
+    rows, ts = [], T0
+    for seq, (which, gap, value) in enumerate(points, start=1):
+        ts += timedelta(seconds=gap)
+        tenant, tool, session, source, metric, kind = series[which % len(series)]
+        rows.append((seq, seq, ts, tenant, tool, session, source, metric, kind, float(value)))
+    start = T0 + timedelta(seconds=window[0])
+    end = start + timedelta(seconds=window[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(Path(tmp) / "p.duckdb")
+        try:
+            con = db.cursor()
+            insert(con, rows)
+            params = {"a": start, "b": end}
+            view = con.execute(
+                "SELECT * FROM sample_deltas WHERE ts >= $a AND ts < $b ORDER BY seq", params
+            ).fetchall()
+            macro = con.execute(
+                "SELECT * FROM sample_deltas_between($a, $b, lookback := $lb) ORDER BY seq",
+                {**params, "lb": timedelta(seconds=lookback_s)},
+            ).fetchall()
+            assert macro == view
+        finally:
+            db.close()
