@@ -1,0 +1,1 @@
+"""Collection and the single writer: sources, scrapes, scheduled ticks, pushed events."""

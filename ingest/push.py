@@ -1,0 +1,72 @@
+"""Pushed events: the body read under a size cap, validated whole, turned into rows."""
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import orjson
+from pydantic import ValidationError
+
+from ingest.writer import EventKey
+from schemas.models import IngestBatch, IngestEvent
+from schemas.rows import SampleRow
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class InvalidBody(Exception):
+    """The body is not JSON at all; `ValidationError` covers JSON of the wrong shape."""
+
+
+async def read_capped(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
+    """The whole body, refusing as soon as it is known to exceed `limit` bytes."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_events(body: bytes) -> list[IngestEvent]:
+    """One event or `{"events": [...]}`; raises `InvalidBody` or `ValidationError`."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBody(f"body is not valid JSON: {exc}") from None
+    if isinstance(doc, dict) and "events" in doc:
+        return IngestBatch.model_validate(doc).events
+    return [IngestEvent.model_validate(doc)]
+
+
+def event_rows(
+    events: list[IngestEvent], now: datetime
+) -> list[tuple[EventKey | None, list[SampleRow]]]:
+    out: list[tuple[EventKey | None, list[SampleRow]]] = []
+    for event in events:
+        ts = event.ts or now
+        key = (event.tenant_id, event.event_id) if event.event_id is not None else None
+        rows = [
+            SampleRow(
+                ts,
+                event.tenant_id,
+                event.tool_id,
+                event.session_id,
+                event.source,
+                metric,
+                event.kind,
+                value,
+            )  # fmt: skip
+            for metric, value in event.metrics.items()
+        ]
+        out.append((key, rows))
+    return out
+
+
+__all__ = ["BodyTooLarge", "InvalidBody", "ValidationError", "event_rows", "parse_events"]

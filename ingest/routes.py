@@ -1,0 +1,91 @@
+"""HTTP routes of the ingest stage: `POST /ingest` and `GET /health`.
+
+They read the writer and the collector from the lifespan state (`request.state`), which
+the composition root fills with the keys named here.
+"""
+
+from typing import Any, cast
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from ingest.collector import Collector
+from ingest.push import MAX_BODY_BYTES as PUSH_MAX_BODY_BYTES
+from ingest.push import BodyTooLarge, InvalidBody, event_rows, parse_events, read_capped
+from ingest.writer import Writer
+from schemas.http import JSONResponse, error_response, validation_error_response
+from schemas.models import IngestAccepted, IngestBatch, IngestEvent
+from schemas.times import rfc3339, utcnow
+
+router = APIRouter()
+
+_INGEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        IngestEvent.model_json_schema(ref_template="#/components/schemas/{model}"),
+                        IngestBatch.model_json_schema(ref_template="#/components/schemas/{model}"),
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/ingest",
+    status_code=202,
+    response_model=IngestAccepted,
+    openapi_extra=_INGEST_BODY,
+    responses={413: {"description": "body over 10 MiB"}, 422: {"description": "invalid"}},
+)
+async def ingest(request: Request) -> Any:
+    """Push samples. All or nothing; answered only once the events are committed."""
+    writer = cast(Writer, request.state.writer)
+    try:
+        body = await read_capped(
+            request.stream(), request.headers.get("content-length"), PUSH_MAX_BODY_BYTES
+        )
+        events = parse_events(body)
+    except BodyTooLarge:
+        return error_response(413, f"body is over the {PUSH_MAX_BODY_BYTES}-byte limit")
+    except InvalidBody as exc:
+        return error_response(422, str(exc))
+    except ValidationError as exc:
+        return validation_error_response(exc.errors())
+    await writer.append_events(event_rows(events, utcnow()))
+    return IngestAccepted(accepted=len(events), seq=writer.last_seq)
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 while the process serves; `degraded` while a source or the last write fails."""
+    writer = cast(Writer, request.state.writer)
+    collector = cast(Collector, request.state.collector)
+    sources: dict[str, dict[str, Any]] = {}
+    degraded = writer.last_error is not None
+    for source in collector.sources:
+        last = collector.last.get((source.tenant_id, source.name))
+        key = source.name if source.tenant_id == "local" else f"{source.tenant_id}/{source.name}"
+        if last is None:
+            sources[key] = {"status": "pending", "url": source.url}
+            continue
+        degraded = degraded or not last.up
+        sources[key] = {
+            "status": "healthy" if last.up else "down",
+            "url": source.url,
+            "error": last.error,
+            "duration_seconds": round(last.duration_seconds, 6),
+        }
+    return JSONResponse(
+        {
+            "status": "degraded" if degraded else "healthy",
+            "sources": sources,
+            "writer": {"last_seq": writer.last_seq, "error": writer.last_error},
+            "time": rfc3339(utcnow()),
+        }
+    )

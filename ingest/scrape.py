@@ -1,0 +1,82 @@
+"""Fetching one source once: a total deadline, a body cap, and every failure as text."""
+
+import time
+from typing import NamedTuple
+
+import anyio
+import httpx
+
+from ingest.parse import Parsed, ParseError, parse_json, parse_prometheus
+from ingest.sources import Source
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+_ACCEPT = {
+    "json": "application/json",
+    "prometheus": "text/plain;version=0.0.4;q=0.9,*/*;q=0.1",
+}
+
+
+class Scrape(NamedTuple):
+    source: Source
+    samples: list[Parsed]
+    duration_seconds: float
+    error: str | None
+
+    @property
+    def up(self) -> bool:
+        return self.error is None
+
+
+class ScrapeError(Exception):
+    pass
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ScrapeError(f"body of {int(declared)} bytes is over the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ScrapeError(f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:  # httpx wraps the OS error; name it when it is a refusal
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc)
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect: {text}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def scrape(client: httpx.AsyncClient, source: Source, time_limit: float) -> Scrape:
+    """Fetch and parse `source`, never taking longer than `time_limit` s and never raising."""
+    started = time.perf_counter()
+    samples: list[Parsed] = []
+    error: str | None = None
+    try:
+        with anyio.fail_after(time_limit):
+            headers = {"Accept": _ACCEPT[source.format]}
+            async with client.stream("GET", source.url, headers=headers) as response:
+                if response.status_code != 200:
+                    raise ScrapeError(f"HTTP {response.status_code} {response.reason_phrase}")
+                body = await _read_capped(response, MAX_BODY_BYTES)
+        if source.format == "prometheus":
+            samples = parse_prometheus(body)
+        else:
+            samples = parse_json(body, source.kind_of)
+    except TimeoutError:
+        error = f"timed out after {time_limit:g} s"
+    except httpx.HTTPError as exc:
+        error = _describe(exc)
+    except (ScrapeError, ParseError) as exc:
+        error = str(exc)
+    return Scrape(source, samples, time.perf_counter() - started, error)

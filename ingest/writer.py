@@ -1,0 +1,217 @@
+"""The single writer: every write to the database goes through here.
+
+It runs on one dedicated thread with one cursor (DuckDB raises when threads share a
+connection). Each call appends one batch as one Arrow table in one transaction, gives
+its rows `seq` numbers that increase for the life of the database, and after the commit
+announces "appended up to seq N" on the event loop.
+"""
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import NamedTuple, TypeVar
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from schemas.db import Database
+from schemas.rows import SampleRow, ScrapeRow, to_arrow
+from schemas.signals import Appended, AppendSignal
+from schemas.times import utcnow
+
+T = TypeVar("T")
+
+# Column lists are constants: the only identifiers the writer ever puts into SQL.
+_INSERT_SAMPLES = """
+INSERT INTO samples
+SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value
+FROM incoming_samples
+"""
+_INSERT_SCRAPES = """
+INSERT INTO scrapes
+SELECT batch, ts, tenant_id, tool_id, source, up, duration_seconds, error FROM incoming_scrapes
+"""
+_INSERT_KEYS = """
+INSERT INTO ingest_events
+SELECT tenant_id, event_id, $batch
+FROM (SELECT unnest($tenants) AS tenant_id, unnest($ids) AS event_id)
+"""
+_EXISTING_KEYS = """
+SELECT k.tenant_id, k.event_id
+FROM (SELECT unnest($tenants) AS tenant_id, unnest($ids) AS event_id) k
+SEMI JOIN ingest_events e ON e.tenant_id = k.tenant_id AND e.event_id = k.event_id
+"""
+
+EventKey = tuple[str, str]  # (tenant_id, event_id)
+
+
+class Commit(NamedTuple):
+    batch: int
+    first_seq: int
+    last_seq: int
+    rows: int
+
+
+class Writer:
+    """Owns the one write connection. Start it, append through it, close it."""
+
+    def __init__(self, db: Database, signal: AppendSignal) -> None:
+        self._db = db
+        self._signal = signal
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="omnimetrics-writer"
+        )
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_seq = 1
+        self._next_batch = 1
+        self.last_error: str | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The highest committed seq (0 for an empty database)."""
+        return self._next_seq - 1
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self._executor.submit(fn))
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._con = self._db.cursor()
+        # Derived, not stored: nothing deletes the newest rows, so the maximum is durable.
+        seq, batch = self._con.execute(
+            "SELECT coalesce(max(seq), 0), coalesce(max(batch), 0) FROM samples"
+        ).fetchall()[0]
+        (scrape_batch,) = self._con.execute(
+            "SELECT coalesce(max(batch), 0) FROM scrapes"
+        ).fetchall()[0]
+        self._next_seq = seq + 1
+        self._next_batch = max(batch, scrape_batch) + 1
+
+    async def append(
+        self, samples: pa.Table | Sequence[SampleRow], scrapes: Sequence[ScrapeRow] = ()
+    ) -> Commit | None:
+        """Append one batch (a collection tick); None when there was nothing to write."""
+        table = samples if isinstance(samples, pa.Table) else to_arrow(samples)
+        return await self._run(lambda: self._write(table, scrapes, []))
+
+    async def append_events(
+        self, events: Sequence[tuple[EventKey | None, Sequence[SampleRow]]]
+    ) -> Commit | None:
+        """Append pushed events as one batch, skipping any whose key is already stored."""
+        return await self._run(lambda: self._write_events(events))
+
+    def _write_events(
+        self, events: Sequence[tuple[EventKey | None, Sequence[SampleRow]]]
+    ) -> Commit | None:
+        con = self._connection()
+        keys = [key for key, _ in events if key is not None]
+        seen: set[EventKey] = set()
+        if keys:
+            params = {"tenants": [k[0] for k in keys], "ids": [k[1] for k in keys]}
+            seen = {(t, e) for t, e in con.execute(_EXISTING_KEYS, params).fetchall()}
+        rows: list[SampleRow] = []
+        new_keys: list[EventKey] = []
+        for key, event_rows in events:
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+                new_keys.append(key)
+            rows.extend(event_rows)
+        rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
+        return self._write(to_arrow(rows), [], new_keys)
+
+    async def put_tenant_settings(self, tenant_id: str, settings_json: str) -> None:
+        """Record new settings for a tenant (appended; the newest row is in force)."""
+
+        def write() -> None:
+            self._connection().execute(
+                "INSERT INTO tenant_settings VALUES ($tenant, $at, $doc)",
+                {"tenant": tenant_id, "at": utcnow(), "doc": settings_json},
+            )
+
+        await self._run(write)
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise RuntimeError("writer is not started")
+        return self._con
+
+    def _write(
+        self, table: pa.Table, scrapes: Sequence[ScrapeRow], keys: Sequence[EventKey]
+    ) -> Commit | None:
+        con = self._connection()
+        n = table.num_rows
+        if n == 0 and not scrapes and not keys:
+            return None
+        batch, first = self._next_batch, self._next_seq
+        incoming = table.add_column(
+            0, "seq", pa.array(np.arange(first, first + n, dtype=np.int64))
+        ).add_column(1, "batch", pa.array(np.full(n, batch, dtype=np.int64)))
+        try:
+            con.begin()
+            con.register("incoming_samples", incoming)
+            con.execute(_INSERT_SAMPLES)
+            if scrapes:
+                con.register("incoming_scrapes", _scrapes_table(batch, scrapes))
+                con.execute(_INSERT_SCRAPES)
+            if keys:
+                params = {
+                    "batch": batch,
+                    "tenants": [k[0] for k in keys],
+                    "ids": [k[1] for k in keys],
+                }
+                con.execute(_INSERT_KEYS, params)
+            con.commit()
+        except Exception as exc:
+            con.rollback()
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            con.unregister("incoming_samples")
+            if scrapes:
+                con.unregister("incoming_scrapes")
+        self.last_error = None
+        self._next_seq += n
+        self._next_batch += 1
+        commit = Commit(batch, first, first + n - 1, n)
+        if n:
+            self._announce(commit, table)
+        return commit
+
+    def _announce(self, commit: Commit, table: pa.Table) -> None:
+        # Posted to the loop from this thread, so the stream hears of every commit even
+        # if the coroutine that asked for the write was cancelled meanwhile.
+        tenants = frozenset(table.column("tenant_id").unique().to_pylist())
+        ts: datetime = table.column("ts")[table.num_rows - 1].as_py()
+        appended = Appended(commit.batch, commit.first_seq, commit.last_seq, ts, tenants)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._signal.publish, appended)
+
+    async def close(self) -> None:
+        if self._con is not None:
+            await self._run(self._con.close)
+            self._con = None
+        self._executor.shutdown(wait=True)
+
+
+def _scrapes_table(batch: int, scrapes: Sequence[ScrapeRow]) -> pa.Table:
+    cols = list(zip(*scrapes, strict=True))
+    return pa.table(
+        {
+            "batch": pa.array([batch] * len(scrapes), pa.int64()),
+            "ts": pa.array(cols[0], pa.timestamp("us", tz="UTC")),
+            "tenant_id": pa.array(cols[1], pa.string()),
+            "tool_id": pa.array(cols[2], pa.string()),
+            "source": pa.array(cols[3], pa.string()),
+            "up": pa.array(cols[4], pa.bool_()),
+            "duration_seconds": pa.array(cols[5], pa.float64()),
+            "error": pa.array(cols[6], pa.string()),
+        }
+    )

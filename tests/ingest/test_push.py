@@ -1,0 +1,146 @@
+"""`POST /ingest` against the real app under uvicorn."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from omnimetrics.app import create_app
+from omnimetrics.settings import Config, Settings
+from tests.helpers import serve
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Iterator[str]:
+    app = create_app(Settings(db=tmp_path / "push.duckdb"), Config(sources=[]))
+    with serve(app) as url:
+        yield url
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "source": "compression",
+        "kind": "delta",
+        "metrics": {"tokens_saved": 1234},
+        "tool_id": "claude-code",
+        "session_id": "s-1",
+    }
+    doc.update(overrides)
+    return doc
+
+
+def stored(base: str, **params: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{base}/api/v1/series", params=params)
+    assert response.status_code == 200, response.text
+    samples: list[dict[str, Any]] = response.json()["samples"]
+    return samples
+
+
+def test_push_is_committed_before_the_202(base: str) -> None:
+    response = httpx.post(f"{base}/ingest", json=event())
+    assert response.status_code == 202
+    body = response.json()
+    assert body == {"accepted": 1, "seq": 1}
+    (sample,) = stored(base)
+    assert sample["metric"] == "tokens_saved" and sample["value"] == 1234
+    assert sample["kind"] == "delta" and sample["tool_id"] == "claude-code"
+    assert sample["tenant_id"] == "local" and sample["session_id"] == "s-1"
+
+
+def test_batch_push_is_one_batch_in_time_order(base: str) -> None:
+    events = [
+        event(ts="2026-11-25T10:00:02Z", metrics={"a": 2}),
+        event(ts="2026-11-25T12:00:01+02:00", metrics={"a": 1, "b": 5}),
+    ]
+    response = httpx.post(f"{base}/ingest", json={"events": events})
+    assert response.json() == {"accepted": 2, "seq": 3}
+    samples = stored(base, **{"from": "2026-11-25T00:00:00Z", "to": "2026-11-26T00:00:00Z"})
+    assert [(s["metric"], s["ts"]) for s in samples] == [
+        ("a", "2026-11-25T10:00:01.000Z"),
+        ("b", "2026-11-25T10:00:01.000Z"),
+        ("a", "2026-11-25T10:00:02.000Z"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ({"events": [event(), event(kind="bogus")]}, "events.1.kind"),
+        ({"events": [event(), event(metrics={"x": "12"})]}, "events.1.metrics.x"),
+        ({"events": [event(metrics={"x": True})]}, "events.0.metrics.x"),
+        ({"events": [event(metrics={})]}, "events.0.metrics"),
+        (event(colour="blue"), "colour"),
+        ({k: v for k, v in event().items() if k != "kind"}, "kind"),
+        (event(ts="yesterday"), "ts"),
+        (event(ts="2026-11-25T10:00:00"), "ts"),
+        (event(tenant_id="a b"), "tenant_id"),
+        ({"events": []}, "events"),
+        ([1, 2], "Input should be"),
+    ],
+    ids=["bad-kind", "string-value", "bool-value", "no-metrics", "unknown-field", "no-kind",
+         "bad-ts", "naive-ts", "bad-tenant", "empty-batch", "not-an-object"],
+)  # fmt: skip
+def test_invalid_push_is_422_naming_the_field_and_stores_nothing(
+    base: str, body: Any, names: str
+) -> None:
+    response = httpx.post(f"{base}/ingest", json=body)
+    assert response.status_code == 422
+    assert names in response.json()["error"]
+    assert stored(base) == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"source": "c", "kind": "delta", "metrics": {"x": NaN}}', b"not json", b""],
+    ids=["nan", "garbage", "empty"],
+)
+def test_body_that_is_not_strict_json_is_422(base: str, raw: bytes) -> None:
+    response = httpx.post(
+        f"{base}/ingest", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert "not valid JSON" in response.json()["error"]
+    assert stored(base) == []
+
+
+def test_repeated_event_id_is_stored_once_and_still_accepted(base: str) -> None:
+    first = httpx.post(f"{base}/ingest", json=event(event_id="e-1"))
+    assert first.json() == {"accepted": 1, "seq": 1}
+    again = httpx.post(
+        f"{base}/ingest",
+        json={"events": [event(event_id="e-1"), event(event_id="e-2"), event(event_id="e-2")]},
+    )
+    assert again.status_code == 202
+    assert again.json() == {"accepted": 3, "seq": 2}
+    assert len(stored(base)) == 2
+    # Idempotency keys are per tenant: another tenant may use the same id.
+    other = httpx.post(f"{base}/ingest", json=event(event_id="e-1", tenant_id="acme"))
+    assert other.json() == {"accepted": 1, "seq": 3}
+
+
+def test_body_over_10_mib_is_413_and_stores_nothing(base: str) -> None:
+    big = b'{"events": [' + b" " * (10 * 1024 * 1024) + b"]}"
+    response = httpx.post(
+        f"{base}/ingest", content=big, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap holds while streaming
+        yield b'{"events": ['
+        for _ in range(11):
+            yield b" " * (1024 * 1024)
+        yield b"]}"
+
+    streamed = httpx.post(f"{base}/ingest", content=chunks())
+    assert streamed.status_code == 413
+    assert stored(base) == []
+
+
+def test_more_than_10000_events_is_422(base: str) -> None:
+    response = httpx.post(f"{base}/ingest", json={"events": [event()] * 10_001}, timeout=30)
+    assert response.status_code == 422
+    assert "events" in response.json()["error"]
+    assert stored(base) == []
