@@ -1,0 +1,1 @@
+"""Historical answers: SQL over the store, REST history routes, the notebook API."""
