@@ -1,0 +1,76 @@
+"""`create_app(settings)`: the one place where the stages are wired together."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+
+from ingest.collector import Collector
+from ingest.jobs import CollectionJobs
+from ingest.routes import router as ingest_router
+from ingest.writer import Writer
+from omnimetrics.settings import Config, Settings, load_config, sources_for
+from query.routes import router as query_router
+from schemas.db import Database
+from schemas.http import JSONResponse, validation_error_response
+from schemas.signals import AppendSignal
+from schemas.tenants import TenantSettings, collection_interval, load_tenant_settings
+
+
+def create_app(settings: Settings, config: Config | None = None) -> FastAPI:
+    """The app; its lifespan opens every resource and closes them in reverse."""
+    config = config if config is not None else load_config(settings.config)
+    sources = sources_for(settings, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        db = Database(settings.db, memory_limit=settings.memory_limit, threads=settings.threads)
+        signal = AppendSignal()
+        writer = Writer(db, signal)
+        try:
+            await writer.start()
+            tenants = await db.read(load_tenant_settings)
+            for tenant_id, initial in config.tenants.items():
+                if tenant_id not in tenants:  # the config seeds; later changes win
+                    await writer.put_tenant_settings(tenant_id, initial.model_dump_json())
+                    tenants[tenant_id] = initial
+            limits = httpx.Limits(max_connections=max(100, 2 * len(sources)))
+            async with httpx.AsyncClient(limits=limits, follow_redirects=False) as client:
+                collector = Collector(client, sources)
+                intervals = {
+                    t: collection_interval(tenants.get(t, TenantSettings()))
+                    for t in collector.tenants()
+                }
+                jobs = CollectionJobs(collector, writer, intervals)
+                jobs.start()
+                try:
+                    yield {
+                        "db": db,
+                        "writer": writer,
+                        "collector": collector,
+                        "signal": signal,
+                        "jobs": jobs,
+                    }
+                finally:
+                    await jobs.stop()
+        finally:
+            await writer.close()
+            db.close()
+
+    app = FastAPI(
+        title="omnimetrics",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(exc.errors())
+
+    app.include_router(ingest_router)
+    app.include_router(query_router)
+    return app

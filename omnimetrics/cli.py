@@ -1,0 +1,112 @@
+"""`omnimetrics serve`: bad flags or config exit 2 with one line, never a traceback."""
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import duckdb
+import uvicorn
+from pydantic import ValidationError
+
+from omnimetrics.app import create_app
+from omnimetrics.demo import demo_app
+from omnimetrics.settings import Config, ConfigError, Settings, load_config
+from schemas.db import Database
+from schemas.http import describe_errors
+
+
+def fail(message: str) -> NoReturn:
+    print(f"omnimetrics: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="omnimetrics", description="Event-sourced metrics pipeline.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="collect, store and serve metrics")
+    serve.add_argument("--config", type=Path, help="TOML config file (sources, tenants)")
+    serve.add_argument("--db", type=Path, help="DuckDB file (default data/omnimetrics.duckdb)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on (default 8003)")
+    serve.add_argument(
+        "--demo", action="store_true", default=None, help="also run simulated upstreams"
+    )
+    return parser
+
+
+class _QuietServer(uvicorn.Server):
+    """A side server that leaves signal handling to the main one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve(settings: Settings, config: Config) -> None:
+    log_level = settings.log_level
+    demos: list[_QuietServer] = []
+    if settings.demo:
+        for kind, port in (
+            ("embeddings", settings.demo_embeddings_port),
+            ("compression", settings.demo_compression_port),
+        ):
+            cfg = uvicorn.Config(
+                demo_app(kind), host="127.0.0.1", port=port, log_level="warning", access_log=False
+            )
+            demos.append(_QuietServer(cfg))
+    demo_tasks = [asyncio.create_task(server.serve()) for server in demos]
+    while not all(server.started for server in demos):
+        if any(task.done() for task in demo_tasks):
+            fail(
+                "a demo upstream could not start (are ports "
+                f"{settings.demo_embeddings_port}/{settings.demo_compression_port} free?)"
+            )
+        await asyncio.sleep(0.05)
+    app = create_app(settings, config)
+    main = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level)
+    )
+    try:
+        await main.serve()
+    finally:
+        for server in demos:
+            server.should_exit = True
+        await asyncio.gather(*demo_tasks, return_exceptions=True)
+
+
+def _check_database(settings: Settings) -> None:
+    """Open the database once before serving, so a locked or unreadable file is one line."""
+    try:
+        Database(settings.db, memory_limit=settings.memory_limit, threads=settings.threads).close()
+    except (duckdb.Error, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        fail(f"cannot open database {settings.db}: {first_line}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        fail(describe_errors(exc.errors()))
+    try:
+        config = load_config(settings.config)
+    except ConfigError as exc:
+        fail(str(exc))
+    _check_database(settings)
+    asyncio.run(_serve(settings, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Settings, read once from the environment (`OMNIMETRICS_*`) and flags, plus the config file."""
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.sources import Source
+from schemas.http import describe_errors
+from schemas.models import TenantId
+from schemas.rows import Kind
+from schemas.tenants import TenantSettings
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Everything the process is told at start; every field has an `OMNIMETRICS_` twin."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNIMETRICS_", extra="ignore")
+
+    config: Path | None = None
+    db: Path = Path("data/omnimetrics.duckdb")
+    host: str = "127.0.0.1"
+    port: Port = 8003
+    demo: bool = False
+    demo_embeddings_port: Port = 8000
+    demo_compression_port: Port = 8001
+    memory_limit: str = "1GB"
+    threads: Annotated[int, Field(ge=1, le=256)] = 2
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    jwt_secret: SecretStr | None = None
+    allowed_origins: str = ""
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    format: Literal["json", "prometheus"] = "json"
+    tenant_id: TenantId = "local"
+    tool_id: str | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    kinds: dict[str, Kind] = Field(default_factory=dict)
+
+    def to_source(self) -> Source:
+        return Source(**self.model_dump())
+
+
+class Config(BaseModel):
+    """The TOML config file: sources and initial tenant settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: the old service's default sources; an empty list: no sources at all.
+    sources: list[SourceConfig] | None = None
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig] | None) -> list[SourceConfig] | None:
+        seen = set()
+        for source in sources or ():
+            key = (source.tenant_id, source.name)
+            if key in seen:
+                raise ValueError(f"source {source.name!r} is defined twice in {source.tenant_id!r}")
+            seen.add(key)
+        return sources
+
+
+class ConfigError(Exception):
+    """A config problem, as one line fit to show a user."""
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(f"config file {path}: {describe_errors(exc.errors())}") from None
+
+
+def sources_for(settings: Settings, config: Config) -> list[Source]:
+    """The configured sources, or the old service's two when none are configured."""
+    if config.sources is not None:
+        return [s.to_source() for s in config.sources]
+    embeddings, compression = 8000, 8001
+    if settings.demo:
+        embeddings, compression = settings.demo_embeddings_port, settings.demo_compression_port
+    return [
+        Source("embeddings", f"http://127.0.0.1:{embeddings}/stats"),
+        Source("compression", f"http://127.0.0.1:{compression}/stats"),
+    ]
