@@ -16,6 +16,14 @@ from schemas.times import utcnow
 TIMEOUT_SHARE_OF_INTERVAL = 0.8
 
 
+def http_client(n_sources: int) -> httpx.AsyncClient:
+    """The one client every scrape shares: a connection per source, all kept alive
+    between ticks (httpx keeps only 20 by default), no redirects, no proxy lookups."""
+    size = max(100, 2 * n_sources)
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    return httpx.AsyncClient(limits=limits, follow_redirects=False, trust_env=False)
+
+
 class Tick(NamedTuple):
     tenant_id: str
     samples: list[SampleRow]

@@ -4,11 +4,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
-from ingest.collector import Collector
+from ingest.collector import Collector, http_client
 from ingest.jobs import CollectionJobs
 from ingest.routes import router as ingest_router
 from ingest.writer import Writer
@@ -37,8 +36,7 @@ def create_app(settings: Settings, config: Config | None = None) -> FastAPI:
                 if tenant_id not in tenants:  # the config seeds; later changes win
                     await writer.put_tenant_settings(tenant_id, initial.model_dump_json())
                     tenants[tenant_id] = initial
-            limits = httpx.Limits(max_connections=max(100, 2 * len(sources)))
-            async with httpx.AsyncClient(limits=limits, follow_redirects=False) as client:
+            async with http_client(len(sources)) as client:
                 collector = Collector(client, sources)
                 intervals = {
                     t: collection_interval(tenants.get(t, TenantSettings()))

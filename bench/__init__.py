@@ -1,0 +1,1 @@
+"""`make bench`: performance figures, each beside its baseline from the same run."""
