@@ -81,10 +81,10 @@ WITH recent AS (
     SELECT * FROM samples
     WHERE ts >= CAST(t_from AS TIMESTAMPTZ) - lookback AND ts < CAST(t_to AS TIMESTAMPTZ)
 ),
-orphans AS (
+orphans AS (  -- only counters look at their previous sample
     SELECT {SERIES} FROM recent
     GROUP BY ALL
-    HAVING min(ts) >= CAST(t_from AS TIMESTAMPTZ)
+    HAVING min(ts) >= CAST(t_from AS TIMESTAMPTZ) AND bool_or(kind = 'counter')
 ),
 older AS (
     SELECT s.* FROM samples s
