@@ -1,7 +1,7 @@
-"""HTTP routes of the ingest stage: `POST /ingest` and `GET /health`.
+"""HTTP route of the ingest stage: `POST /ingest`.
 
-They read the writer and the collector from the lifespan state (`request.state`), which
-the composition root fills with the keys named here.
+It reads the writer from the lifespan state (`request.state`), which
+the composition root fills.
 """
 
 from typing import Any, cast
@@ -9,13 +9,12 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from ingest.collector import Collector
 from ingest.push import MAX_BODY_BYTES as PUSH_MAX_BODY_BYTES
 from ingest.push import BodyTooLarge, InvalidBody, event_rows, parse_events, read_capped
 from ingest.writer import Writer
-from schemas.http import JSONResponse, error_response, validation_error_response
+from schemas.http import error_response, validation_error_response
 from schemas.models import IngestAccepted, IngestBatch, IngestEvent
-from schemas.times import rfc3339, utcnow
+from schemas.times import utcnow
 
 router = APIRouter()
 
@@ -59,33 +58,3 @@ async def ingest(request: Request) -> Any:
         return validation_error_response(exc.errors())
     await writer.append_events(event_rows(events, utcnow()))
     return IngestAccepted(accepted=len(events), seq=writer.last_seq)
-
-
-@router.get("/health")
-async def health(request: Request) -> JSONResponse:
-    """200 while the process serves; `degraded` while a source or the last write fails."""
-    writer = cast(Writer, request.state.writer)
-    collector = cast(Collector, request.state.collector)
-    sources: dict[str, dict[str, Any]] = {}
-    degraded = writer.last_error is not None
-    for source in collector.sources:
-        last = collector.last.get((source.tenant_id, source.name))
-        key = source.name if source.tenant_id == "local" else f"{source.tenant_id}/{source.name}"
-        if last is None:
-            sources[key] = {"status": "pending", "url": source.url}
-            continue
-        degraded = degraded or not last.up
-        sources[key] = {
-            "status": "healthy" if last.up else "down",
-            "url": source.url,
-            "error": last.error,
-            "duration_seconds": round(last.duration_seconds, 6),
-        }
-    return JSONResponse(
-        {
-            "status": "degraded" if degraded else "healthy",
-            "sources": sources,
-            "writer": {"last_seq": writer.last_seq, "error": writer.last_error},
-            "time": rfc3339(utcnow()),
-        }
-    )

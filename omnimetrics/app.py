@@ -1,9 +1,12 @@
 """`create_app(settings)`: the one place where the stages are wired together."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
@@ -11,18 +14,40 @@ from ingest.collector import Collector, http_client
 from ingest.jobs import CollectionJobs
 from ingest.routes import router as ingest_router
 from ingest.writer import Writer
+from omnimetrics.health import router as health_router
 from omnimetrics.settings import Config, Settings, load_config, sources_for
 from query.routes import router as query_router
 from schemas.db import Database
 from schemas.http import JSONResponse, validation_error_response
 from schemas.signals import AppendSignal
 from schemas.tenants import TenantSettings, collection_interval, load_tenant_settings
+from stream.hub import Hub
+from stream.routes import router as stream_router
+from stream.tail import Tail
+
+DRAIN_SECONDS = 3.0
+
+
+class Drain:
+    """Ends every open stream before the server closes connections, so WS clients get
+    1001 and SSE streams finish cleanly; the server calls it first thing on shutdown."""
+
+    def __init__(self) -> None:
+        self.hub: Hub | None = None
+
+    async def __call__(self) -> None:
+        if self.hub is None:
+            return
+        self.hub.close()
+        with anyio.move_on_after(DRAIN_SECONDS):
+            await self.hub.wait_empty()
 
 
 def create_app(settings: Settings, config: Config | None = None) -> FastAPI:
     """The app; its lifespan opens every resource and closes them in reverse."""
     config = config if config is not None else load_config(settings.config)
     sources = sources_for(settings, config)
+    drain = Drain()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -36,6 +61,11 @@ def create_app(settings: Settings, config: Config | None = None) -> FastAPI:
                 if tenant_id not in tenants:  # the config seeds; later changes win
                     await writer.put_tenant_settings(tenant_id, initial.model_dump_json())
                     tenants[tenant_id] = initial
+            hub = Hub(db.epoch, writer.last_seq)
+            tail = Tail(db, hub)
+            unsubscribe = signal.subscribe(tail.notify)
+            tail_task = asyncio.create_task(tail.run(), name="omnimetrics-tail")
+            drain.hub = hub
             async with http_client(len(sources)) as client:
                 collector = Collector(client, sources)
                 intervals = {
@@ -51,9 +81,15 @@ def create_app(settings: Settings, config: Config | None = None) -> FastAPI:
                         "collector": collector,
                         "signal": signal,
                         "jobs": jobs,
+                        "hub": hub,
                     }
                 finally:
                     await jobs.stop()
+                    hub.close()
+                    unsubscribe()
+                    tail_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await tail_task
         finally:
             await writer.close()
             db.close()
@@ -69,6 +105,9 @@ def create_app(settings: Settings, config: Config | None = None) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error_response(exc.errors())
 
+    app.include_router(health_router)
     app.include_router(ingest_router)
     app.include_router(query_router)
+    app.include_router(stream_router)
+    app.state.drain = drain
     return app

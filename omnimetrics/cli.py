@@ -2,9 +2,8 @@
 
 import argparse
 import asyncio
-import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -14,6 +13,7 @@ from pydantic import ValidationError
 
 from omnimetrics.app import create_app
 from omnimetrics.demo import demo_app
+from omnimetrics.server import Server, build_server
 from omnimetrics.settings import Config, ConfigError, Settings, load_config
 from schemas.db import Database
 from schemas.http import describe_errors
@@ -43,17 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _QuietServer(uvicorn.Server):
-    """A side server that leaves signal handling to the main one."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def _serve(settings: Settings, config: Config) -> None:
     log_level = settings.log_level
-    demos: list[_QuietServer] = []
+    demos: list[Server] = []
     if settings.demo:
         for kind, port in (
             ("embeddings", settings.demo_embeddings_port),
@@ -62,7 +54,7 @@ async def _serve(settings: Settings, config: Config) -> None:
             cfg = uvicorn.Config(
                 demo_app(kind), host="127.0.0.1", port=port, log_level="warning", access_log=False
             )
-            demos.append(_QuietServer(cfg))
+            demos.append(Server(cfg, signals=False))  # the main server handles signals
     demo_tasks = [asyncio.create_task(server.serve()) for server in demos]
     while not all(server.started for server in demos):
         if any(task.done() for task in demo_tasks):
@@ -72,9 +64,7 @@ async def _serve(settings: Settings, config: Config) -> None:
             )
         await asyncio.sleep(0.05)
     app = create_app(settings, config)
-    main = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level)
-    )
+    main = build_server(app, settings.host, settings.port, log_level)
     try:
         await main.serve()
     finally:

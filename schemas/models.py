@@ -70,3 +70,13 @@ class SampleOut(Strict):
     metric: str
     kind: Kind
     value: float
+
+
+class StreamParams(Strict):
+    """Query string of `WS /ws/metrics` and `GET /stream/metrics`."""
+
+    tenant_id: TenantId | None = None
+    tool_id: Label | None = None
+    session_id: Label | None = None
+    since: Annotated[str, StringConstraints(max_length=200)] | None = None
+    token: Annotated[str, StringConstraints(max_length=4096)] | None = None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import uvicorn
+from omnimetrics.server import build_server
 
 
 @dataclass
@@ -98,8 +98,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Run `app` under a real uvicorn server on a free port; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = build_server(app, "127.0.0.1", 0, "warning", signals=False)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive(), timeout=20)

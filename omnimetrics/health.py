@@ -1,0 +1,45 @@
+"""`GET /health`: what every stage says about itself, composed here."""
+
+from typing import Any, cast
+
+from fastapi import APIRouter, Request
+
+from ingest.collector import Collector
+from ingest.writer import Writer
+from schemas.http import JSONResponse
+from schemas.times import rfc3339, utcnow
+from stream.hub import Hub
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """200 while the process serves; `degraded` while a source or the last write fails."""
+    writer = cast(Writer, request.state.writer)
+    collector = cast(Collector, request.state.collector)
+    hub = cast(Hub, request.state.hub)
+    sources: dict[str, dict[str, Any]] = {}
+    degraded = writer.last_error is not None
+    for source in collector.sources:
+        last = collector.last.get((source.tenant_id, source.name))
+        key = source.name if source.tenant_id == "local" else f"{source.tenant_id}/{source.name}"
+        if last is None:
+            sources[key] = {"status": "pending", "url": source.url}
+            continue
+        degraded = degraded or not last.up
+        sources[key] = {
+            "status": "healthy" if last.up else "down",
+            "url": source.url,
+            "error": last.error,
+            "duration_seconds": round(last.duration_seconds, 6),
+        }
+    return JSONResponse(
+        {
+            "status": "degraded" if degraded else "healthy",
+            "sources": sources,
+            "writer": {"last_seq": writer.last_seq, "error": writer.last_error},
+            "streams": {"clients": len(hub), "queued_bytes": hub.queued_bytes()},
+            "time": rfc3339(utcnow()),
+        }
+    )

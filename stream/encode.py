@@ -1,0 +1,118 @@
+"""Encoding a batch for one filter, once, into the bytes every matching client gets."""
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import orjson
+
+from schemas.times import rfc3339
+from stream.batches import Batch, Row
+
+
+class Outgoing(NamedTuple):
+    """A message as sent: its JSON text, and the seq of its cursor if it carries one."""
+
+    type: str
+    text: str
+    seq: int | None = None
+
+
+class Filter(NamedTuple):
+    """What a client watches; None matches anything."""
+
+    tenant_id: str | None = None
+    tool_id: str | None = None
+    session_id: str | None = None
+
+    def matches(self, tenant_id: str, tool_id: str | None, session_id: str | None) -> bool:
+        return (
+            (self.tenant_id is None or self.tenant_id == tenant_id)
+            and (self.tool_id is None or self.tool_id == tool_id)
+            and (self.session_id is None or self.session_id == session_id)
+        )
+
+
+def _number(value: float) -> float | int:
+    # Counters are whole numbers upstream; show them as the old service did.
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _put(tree: dict[str, Any], metric: str, value: float | int) -> None:
+    """`a.b.c` → tree["a"]["b"]["c"]; a name with labels (`x{k="a.b"}`) stays whole."""
+    parts = [metric] if "{" in metric else metric.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if child is not None:  # a leaf is in the way: keep the rest dotted
+                node[".".join(parts[i:])] = value
+                return
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _data_and_deltas(rows: Iterable[Row]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    data: dict[str, dict[str, Any]] = {}
+    deltas: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        source = data.setdefault(row.source, {})
+        if row.metric == "up":
+            source["status"] = "healthy" if row.value else "down"
+            continue
+        _put(source, row.metric, _number(row.value))
+        if row.delta is not None:
+            per_source = deltas.setdefault(row.source, {})
+            per_source[row.metric] = _number(per_source.get(row.metric, 0) + row.delta)
+    return data, deltas
+
+
+def metrics_message(batch: Batch, flt: Filter, epoch: str) -> bytes | None:
+    """The `metrics` message of `batch` for `flt`, or None when no row passes it."""
+    rows = [r for r in batch.rows if flt.matches(r.tenant_id, r.tool_id, r.session_id)]
+    if not rows:
+        return None
+    data, deltas = _data_and_deltas(rows)
+    return orjson.dumps(
+        {
+            "type": "metrics",
+            "timestamp": rfc3339(batch.ts),
+            "seq": batch.last_seq,
+            "cursor": f"{epoch}:{batch.last_seq}",
+            "tenant_id": flt.tenant_id,
+            "tool_id": flt.tool_id,
+            "session_id": flt.session_id,
+            "data": data,
+            "deltas": deltas,
+        }
+    )
+
+
+def error_messages(batch: Batch, flt: Filter) -> list[bytes]:
+    """An `error` message for each failed scrape of `batch` that `flt` can see."""
+    return [
+        orjson.dumps(
+            {
+                "type": "error",
+                "error": f"{f.source}: {f.error}",
+                "source": f.source,
+                "timestamp": rfc3339(f.ts),
+            }
+        )
+        for f in batch.failures
+        if flt.matches(f.tenant_id, f.tool_id, None)
+    ]
+
+
+def encode_batch(batch: Batch, flt: Filter, epoch: str) -> list[Outgoing]:
+    """Everything a client with `flt` is sent for `batch`: errors first, then metrics."""
+    out = [Outgoing("error", e.decode()) for e in error_messages(batch, flt)]
+    metrics = metrics_message(batch, flt, epoch)
+    if metrics is not None:
+        out.append(Outgoing("metrics", metrics.decode(), batch.last_seq))
+    return out
+
+
+def control(message: dict[str, Any]) -> Outgoing:
+    """A message that is not part of the data (connected, pong, gap, ...)."""
+    return Outgoing(str(message["type"]), orjson.dumps(message).decode())

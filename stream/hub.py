@@ -1,0 +1,137 @@
+"""The fan-out: clients grouped by filter, each batch encoded once per filter, and the
+bytes put on every matching client's bounded queue. Nothing here ever awaits a client."""
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+
+from stream.batches import Batch
+from stream.encode import Filter, Outgoing, encode_batch
+
+DEFAULT_BUDGET_BYTES = 1024 * 1024
+
+
+class Client:
+    """One connection's subscription and its queue, bounded by a byte budget.
+
+    Over budget, the queue is dropped and `ended` is set with `overflowed`: the connection
+    then tells the client where to resume from (its last sent cursor) and closes. The
+    client loses nothing: it resumes from the database.
+    """
+
+    def __init__(self, flt: Filter, start_seq: int, budget: int) -> None:
+        self.filter = flt
+        self.start_seq = start_seq  # the hub's position when it joined: live starts after
+        self.sent_seq = start_seq
+        self.budget = budget
+        self.overflowed = False
+        self.shutdown = False
+        self.too_big = False
+        self.ended = asyncio.Event()
+        self._queue: deque[Outgoing] = deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def offer(self, item: Outgoing) -> None:
+        """Queue a message without waiting; over budget, end the connection instead."""
+        if self.ended.is_set():
+            return
+        size = len(item.text)
+        if self._bytes + size > self.budget:
+            self._queue.clear()
+            self._bytes = 0
+            self.overflowed = True
+            self.end()
+            return
+        self._queue.append(item)
+        self._bytes += size
+        self._ready.set()
+
+    def end_for_shutdown(self) -> None:
+        self.shutdown = True
+        self.end()
+
+    def end(self) -> None:
+        """End the connection (the peer left, or it must close); idempotent."""
+        self.ended.set()
+        self._ready.set()
+
+    async def next(self) -> Outgoing | None:
+        """The next message to send, or None once the connection is to end."""
+        while not self._queue:
+            if self.ended.is_set():
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        if self.ended.is_set():
+            return None
+        item = self._queue.popleft()
+        self._bytes -= len(item.text)
+        return item
+
+
+class Hub:
+    """Who watches what, and the position up to which batches have been handed out."""
+
+    def __init__(self, epoch: str, position: int, budget: int = DEFAULT_BUDGET_BYTES) -> None:
+        self.epoch = epoch
+        self.position = position
+        self.budget = budget
+        self._by_filter: dict[Filter, set[Client]] = {}
+        self._emptied = asyncio.Event()
+        self._emptied.set()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return sum(len(clients) for clients in self._by_filter.values())
+
+    def add(self, flt: Filter) -> Client:
+        client = Client(flt, self.position, self.budget)
+        if self.closed:
+            client.end_for_shutdown()
+        self._by_filter.setdefault(flt, set()).add(client)
+        self._emptied.clear()
+        return client
+
+    def remove(self, client: Client) -> None:
+        clients = self._by_filter.get(client.filter)
+        if clients is not None:
+            clients.discard(client)
+            if not clients:
+                del self._by_filter[client.filter]
+        if not self._by_filter:
+            self._emptied.set()
+
+    def move(self, client: Client, flt: Filter) -> None:
+        """Change a client's filter; it applies from the next batch on."""
+        self.remove(client)
+        client.filter = flt
+        self._by_filter.setdefault(flt, set()).add(client)
+        self._emptied.clear()
+
+    def dispatch(self, batches: Iterable[Batch], upto: int) -> None:
+        """Hand out batches (in seq order) up to `upto`: one encoding per distinct filter."""
+        for batch in batches:
+            for flt, clients in list(self._by_filter.items()):
+                for item in encode_batch(batch, flt, self.epoch):
+                    for client in list(clients):
+                        client.offer(item)
+        self.position = max(self.position, upto)
+
+    def close(self) -> None:
+        """End every connection (shutdown); clients resume from their cursors later."""
+        self.closed = True
+        for clients in list(self._by_filter.values()):
+            for client in list(clients):
+                client.end_for_shutdown()
+
+    def queued_bytes(self) -> int:
+        """Bytes waiting in all client queues: bounded by clients × budget."""
+        return sum(c.queued_bytes for clients in self._by_filter.values() for c in clients)
+
+    async def wait_empty(self) -> None:
+        await self._emptied.wait()

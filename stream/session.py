@@ -1,0 +1,70 @@
+"""What WS and SSE share: joining the hub, the `connected` message, and catching up."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+
+from schemas.db import Database
+from schemas.tenants import TenantSettings, collection_interval, load_tenant_settings
+from schemas.times import rfc3339, utcnow
+from stream.batches import page_end, read_batches
+from stream.cursor import BadCursor, parse_cursor
+from stream.encode import Filter, Outgoing, control, encode_batch
+from stream.hub import Client, Hub
+
+
+@dataclass
+class Session:
+    client: Client
+    connected: Outgoing
+    resume_after: int | None  # None: live only
+
+
+async def open_session(
+    db: Database, hub: Hub, flt: Filter, since: str | None, greeting: str
+) -> Session:
+    """Join the hub first, then decide the resume point: nothing is missed in between."""
+    client = hub.add(flt)
+    head = client.start_seq
+    resumed: bool | None = None
+    resume_error: str | None = None
+    after: int | None = None
+    if since:
+        try:
+            after = parse_cursor(since, hub.epoch, head)
+            resumed = True
+        except BadCursor as exc:
+            resumed, resume_error = False, str(exc)
+    settings = await db.read(load_tenant_settings)
+    interval = collection_interval(settings.get(flt.tenant_id or "local", TenantSettings()))
+    message = {
+        "type": "connected",
+        "message": greeting,
+        "interval": interval if interval is not None else 0,
+        "tenant_id": flt.tenant_id,
+        "tool_id": flt.tool_id,
+        "session_id": flt.session_id,
+        "cursor": f"{hub.epoch}:{after if after is not None else head}",
+        "resumed": resumed,
+        "resume_error": resume_error,
+    }
+    connected = control(message)
+    return Session(
+        client, Outgoing("connected", connected.text, after if after is not None else head), after
+    )
+
+
+async def catch_up(db: Database, hub: Hub, client: Client, after: int) -> AsyncIterator[Outgoing]:
+    """Every batch in (after, the client's start], from DuckDB in pages, for its filter."""
+    position = after
+    while position < client.start_seq:
+        end = await db.read(partial(page_end, after=position, head=client.start_seq))
+        batches = await db.read(partial(read_batches, after=position, upto=end))
+        for batch in batches:
+            for item in encode_batch(batch, client.filter, hub.epoch):
+                yield item
+        position = end
+
+
+def error(text: str) -> Outgoing:
+    return control({"type": "error", "error": text, "source": None, "timestamp": rfc3339(utcnow())})

@@ -1,0 +1,45 @@
+"""The one tail per process: woken by the writer's commit signal, it reads the new rows
+once and hands them to the hub. No per-client query, no per-client upstream poll."""
+
+import asyncio
+import logging
+from functools import partial
+
+from schemas.db import Database
+from schemas.signals import Appended
+from stream.batches import read_batches
+from stream.hub import Hub
+
+log = logging.getLogger("omnimetrics.stream")
+
+RETRY_SECONDS = 1.0
+
+
+class Tail:
+    def __init__(self, db: Database, hub: Hub) -> None:
+        self._db = db
+        self._hub = hub
+        self._target = hub.position
+        self._wake = asyncio.Event()
+
+    def notify(self, appended: Appended) -> None:
+        """The writer's listener: never blocks, just records how far there is to read."""
+        self._target = max(self._target, appended.last_seq)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Read and dispatch until cancelled; a failed read is retried, never fatal."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            after, upto = self._hub.position, self._target
+            if upto <= after:
+                continue
+            try:
+                batches = await self._db.read(partial(read_batches, after=after, upto=upto))
+            except Exception:
+                log.exception("stream tail could not read seq %d..%d; retrying", after, upto)
+                await asyncio.sleep(RETRY_SECONDS)
+                self._wake.set()
+                continue
+            self._hub.dispatch(batches, upto)
