@@ -64,7 +64,9 @@ async def _serve(settings: Settings, config: Config) -> None:
             )
         await asyncio.sleep(0.05)
     app = create_app(settings, config)
-    main = build_server(app, settings.host, settings.port, log_level)
+    main = build_server(
+        app, settings.host, settings.port, log_level, send_buffer=settings.socket_send_buffer_bytes
+    )
     try:
         await main.serve()
     finally:

@@ -1,6 +1,7 @@
 """The uvicorn server as omnimetrics runs it, for the CLI and the tests alike."""
 
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,9 +15,22 @@ class Server(uvicorn.Server):
     """Drains the app's streams (WS 1001, SSE end) before uvicorn closes connections:
     uvicorn would otherwise close WebSockets with 1012 and wait on open SSE responses."""
 
-    def __init__(self, config: uvicorn.Config, *, signals: bool = True) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, signals: bool = True, send_buffer: int | None = None
+    ) -> None:
         super().__init__(config)
         self._signals = signals
+        self._send_buffer = send_buffer
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None and self._send_buffer:
+            # Accepted connections inherit the listener's send buffer. Capped, a client
+            # that stops reading pins at most this much kernel memory, and backpressure
+            # reaches its bounded queue instead of the kernel's multi-megabyte autotuning.
+            sock = self.config.bind_socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+            sockets = [sock]
+        await super().serve(sockets)
 
     async def shutdown(self, sockets: Any = None) -> None:
         app = self.config.app
@@ -36,8 +50,17 @@ class Server(uvicorn.Server):
             yield
 
 
+DEFAULT_SEND_BUFFER_BYTES = 256 * 1024
+
+
 def build_server(
-    app: FastAPI, host: str, port: int, log_level: str = "info", *, signals: bool = True
+    app: FastAPI,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    *,
+    signals: bool = True,
+    send_buffer: int = DEFAULT_SEND_BUFFER_BYTES,
 ) -> Server:
     config = uvicorn.Config(
         app,
@@ -50,4 +73,4 @@ def build_server(
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,
     )
-    return Server(config, signals=signals)
+    return Server(config, signals=signals, send_buffer=send_buffer)

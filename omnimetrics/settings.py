@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     demo_compression_port: Port = 8001
     memory_limit: str = "1GB"
     threads: Annotated[int, Field(ge=1, le=256)] = 2
+    stream_queue_bytes: Annotated[int, Field(ge=64 * 1024)] = 1024 * 1024
+    socket_send_buffer_bytes: Annotated[int, Field(ge=4096)] = 256 * 1024
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     jwt_secret: SecretStr | None = None
     allowed_origins: str = ""

@@ -80,10 +80,21 @@ def read_batches(cur: duckdb.DuckDBPyConnection, after: int, upto: int) -> list[
     rows = [Row(*r) for r in cur.execute(_ROWS, params).fetchall()]
     if not rows:
         return []
-    span = {"first": rows[0].batch, "last": rows[-1].batch}
+    return group_batches(rows, read_failures(cur, rows[0].batch, rows[-1].batch))
+
+
+def read_failures(
+    cur: duckdb.DuckDBPyConnection, first: int, last: int
+) -> dict[int, list[ScrapeFailure]]:
+    """Failed scrapes of batches first..last, by batch."""
     failures: dict[int, list[ScrapeFailure]] = {}
-    for f in cur.execute(_FAILURES, span).fetchall():
+    for f in cur.execute(_FAILURES, {"first": first, "last": last}).fetchall():
         failures.setdefault(f[0], []).append(ScrapeFailure(*f))
+    return failures
+
+
+def group_batches(rows: list[Row], failures: dict[int, list[ScrapeFailure]]) -> list[Batch]:
+    """Rows in seq order, cut into their batches."""
     return [
         Batch(
             batch_rows[0].batch,

@@ -7,8 +7,8 @@ from functools import partial
 
 from schemas.db import Database
 from schemas.signals import Appended
-from stream.batches import read_batches
 from stream.hub import Hub
+from stream.live import SeriesCache, read_live
 
 log = logging.getLogger("omnimetrics.stream")
 
@@ -21,6 +21,7 @@ class Tail:
         self._hub = hub
         self._target = hub.position
         self._wake = asyncio.Event()
+        self._cache = SeriesCache()
 
     def notify(self, appended: Appended) -> None:
         """The writer's listener: never blocks, just records how far there is to read."""
@@ -36,7 +37,9 @@ class Tail:
             if upto <= after:
                 continue
             try:
-                batches = await self._db.read(partial(read_batches, after=after, upto=upto))
+                batches = await self._db.read(
+                    partial(read_live, cache=self._cache, after=after, upto=upto)
+                )
             except Exception:
                 log.exception("stream tail could not read seq %d..%d; retrying", after, upto)
                 await asyncio.sleep(RETRY_SECONDS)

@@ -1,6 +1,8 @@
 """Real things for tests: a scripted HTTP upstream, a uvicorn server on a free port."""
 
+import base64
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -110,3 +112,45 @@ def serve(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+class StalledWebSocket:
+    """A WebSocket client on a raw socket that completes the handshake, then stops
+    reading until told to drain. Its receive buffer is tiny, so the server sees it stall."""
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def drain(self, timeout: float = 30.0) -> tuple[list[bytes], tuple[int, str] | None]:
+        """Read until the server closes: the text messages, and the close code and reason."""
+        self.sock.settimeout(timeout)
+        data = bytearray()
+        while chunk := self.sock.recv(1 << 16):
+            data += chunk
+        self.sock.close()
+        messages, close, i = [], None, 0
+        while i + 2 <= len(data):
+            opcode, length, i = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
+            if length == 126:
+                length, i = int.from_bytes(data[i : i + 2], "big"), i + 2
+            elif length == 127:
+                length, i = int.from_bytes(data[i : i + 8], "big"), i + 8
+            payload, i = bytes(data[i : i + length]), i + length
+            if opcode == 1:
+                messages.append(payload)
+            elif opcode == 8:
+                code = int.from_bytes(payload[:2], "big") if payload else 1005
+                close = (code, payload[2:].decode())
+        return messages, close

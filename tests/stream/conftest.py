@@ -58,14 +58,14 @@ def checked(text: str | bytes) -> dict[str, Any]:
     return doc
 
 
-async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    with anyio.fail_after(timeout):
+async def recv(ws: ClientConnection, wait: float = 5.0) -> dict[str, Any]:
+    with anyio.fail_after(wait):
         return checked(await ws.recv())
 
 
-async def recv_type(ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The next message of type `kind`, failing on anything else but errors of sources."""
-    message = await recv(ws, timeout)
+async def recv_type(ws: ClientConnection, kind: str, wait: float = 5.0) -> dict[str, Any]:
+    """The next message, which must be of type `kind`."""
+    message = await recv(ws, wait)
     assert message["type"] == kind, message
     return message
 

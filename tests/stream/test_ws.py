@@ -53,7 +53,7 @@ async def test_filter_on_tool_gets_only_that_tools_batches(
         got_a = [await recv_type(only_a, "metrics") for _ in range(2)]
         got_all = [await recv_type(everything, "metrics") for _ in range(4)]
         with pytest.raises(TimeoutError):
-            await recv(only_a, timeout=0.5)
+            await recv(only_a, wait=0.5)
     assert [m["tool_id"] for m in got_a] == ["a", "a"]
     assert [m["seq"] for m in got_a] == [got_all[0]["seq"], got_all[2]["seq"]]
 
@@ -68,7 +68,7 @@ async def test_filter_on_tenant_gets_only_that_tenants_batches(
         message = await recv_type(ws, "metrics")
         assert message["data"] == {"compression": {"mine": 2}}
         with pytest.raises(TimeoutError):
-            await recv(ws, timeout=0.5)
+            await recv(ws, wait=0.5)
 
 
 async def test_resume_gets_exactly_the_missed_batches_then_live(
@@ -86,7 +86,7 @@ async def test_resume_gets_exactly_the_missed_batches_then_live(
         live = await push(http, metrics={"total": 99})
         assert (await recv_type(ws, "metrics"))["seq"] == live
         with pytest.raises(TimeoutError):
-            await recv(ws, timeout=0.3)
+            await recv(ws, wait=0.3)
     assert [m["seq"] for m in replayed] == missed
     assert replayed[0]["deltas"] == {"compression": {"total": 9}}
 
