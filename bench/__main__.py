@@ -3,12 +3,16 @@
 import asyncio
 import sys
 
-from bench import ingest
+from bench import ingest, stream
 
 
 def main() -> int:
+    only = sys.argv[1] if len(sys.argv) > 1 else None
     print(f"# omnimetrics benchmarks ({sys.version.split()[0]})")
-    asyncio.run(ingest.run())
+    if only in (None, "ingest"):
+        asyncio.run(ingest.run())
+    if only in (None, "stream"):
+        stream.run()
     return 0
 
 

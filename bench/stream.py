@@ -1,0 +1,274 @@
+"""Issue 3: latency and fan-out at 1,000 WebSocket clients, memory per idle connection at
+5,000, and the old service's lock-and-await fan-out in the same run, with and without a
+client that stops reading. Servers and clients each run in their own process."""
+
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+
+from stream.batches import Batch, Row
+from stream.encode import Filter
+from stream.hub import Hub
+from tests.helpers import StalledWebSocket
+
+LATENCY_CLIENTS = 1_000
+BATCHES = 15
+IDLE_CLIENTS = 5_000
+STALL_CLIENTS = 100
+STALL_BATCHES = 400
+FILLER_1KB = {f"m{i:02d}": 1000 + i for i in range(40)}  # a ~1 KB message with sent_at
+FILLER_20KB = {f"measurement_{i:04d}": 1000 + i for i in range(700)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str) -> None:
+    for _ in range(300):
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=1)
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@contextlib.contextmanager
+def process(*args: str) -> Iterator[subprocess.Popen[str]]:
+    env = {**os.environ, "OMNIMETRICS_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, *args], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def omnimetrics(tmp: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    config = tmp / "bench.toml"
+    config.write_text("sources = []\n")
+    db = tmp / f"bench-{port}.duckdb"
+    with process("-m", "omnimetrics.cli", "serve", "--port", str(port), "--db", str(db),
+                 "--config", str(config)) as proc:  # fmt: skip
+        wait_http(f"http://127.0.0.1:{port}/health")
+        yield proc, f"127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def baseline() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    with process("-m", "bench.baseline", "--port", str(port)) as proc:
+        wait_http(f"http://127.0.0.1:{port}/broadcast")
+        yield proc, f"127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def clients(mode: str, url: str, n: int) -> Iterator[subprocess.Popen[str]]:
+    with process("-m", "bench.ws_clients", mode, "--url", url, "--clients", str(n)) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", line
+        yield proc
+
+
+def finish(proc: subprocess.Popen[str]) -> dict[int, list[float]]:
+    out, _ = proc.communicate(timeout=60)
+    return {int(k): v for k, v in orjson.loads(out.strip().splitlines()[-1]).items()}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(received: dict[int, list[float]], expected: int, n_clients: int) -> dict[str, float]:
+    latencies = [v for vs in received.values() for v in vs]
+    complete = [vs for vs in received.values() if len(vs) == n_clients]
+    nan = float("nan")
+    lasts = [max(vs) for vs in complete]
+    spreads = [max(vs) - min(vs) for vs in complete]
+    return {
+        "p50": statistics.median(latencies) * 1000 if latencies else nan,
+        "p99": pct(latencies, 0.99) * 1000 if latencies else nan,
+        "last_p50": statistics.median(lasts) * 1000 if lasts else nan,
+        "spread_p50": statistics.median(spreads) * 1000 if spreads else nan,
+        "delivered": len(latencies) / (expected * n_clients),
+    }
+
+
+def push_ours(http: httpx.Client, filler: dict[str, int]) -> None:
+    http.post("/ingest", json={"source": "bench", "kind": "gauge",
+                               "metrics": {**filler, "sent_at": time.time()}})  # fmt: skip
+
+
+def push_baseline(http: httpx.Client, seq: int, filler: dict[str, int]) -> float | None:
+    message = {"type": "metrics", "seq": seq, "data": {"bench": {**filler, "sent_at": time.time()}}}
+    try:
+        response = http.post("/broadcast", content=orjson.dumps(message), timeout=2)
+        seconds: float = response.json()["seconds"]
+        return seconds
+    except httpx.TimeoutException:
+        return None
+
+
+def latency_run(tmp: Path) -> dict[str, dict[str, float]]:
+    results = {}
+    with omnimetrics(tmp) as (_, addr), clients("latency", f"ws://{addr}/ws/metrics",
+                                                LATENCY_CLIENTS) as readers:  # fmt: skip
+        with httpx.Client(base_url=f"http://{addr}") as http:
+            for _ in range(BATCHES):
+                push_ours(http, FILLER_1KB)
+                time.sleep(1)
+        results["omnimetrics"] = summarize(finish(readers), BATCHES, LATENCY_CLIENTS)
+    with baseline() as (_, addr), clients("latency", f"ws://{addr}/ws", LATENCY_CLIENTS) as readers:
+        held = []
+        with httpx.Client(base_url=f"http://{addr}") as http:
+            for seq in range(BATCHES):
+                held.append(push_baseline(http, seq, FILLER_1KB))
+                time.sleep(1)
+        results["baseline"] = summarize(finish(readers), BATCHES, LATENCY_CLIENTS)
+        results["baseline"]["lock_held_p50"] = statistics.median(h for h in held if h) * 1000
+    return results
+
+
+def dispatch_time() -> float:
+    """In-process: the hub encoding one ~1 KB batch once and queueing it for 1,000 clients."""
+    hub = Hub("bench", 0)
+    for _ in range(LATENCY_CLIENTS):
+        hub.add(Filter())
+    now = datetime.now(UTC)
+    rows = [Row(i + 1, 1, now, "local", None, None, "bench", name, "gauge", float(v), None)
+            for i, (name, v) in enumerate(FILLER_1KB.items())]  # fmt: skip
+    batch = Batch(1, len(rows), now, rows, [])
+    timings = []
+    for k in range(20):
+        started = time.perf_counter()
+        hub.dispatch([batch._replace(last_seq=len(rows) + k)], len(rows) + k)
+        timings.append(time.perf_counter() - started)
+        for clients_ in list(hub._by_filter.values()):  # empty the queues between runs
+            for c in clients_:
+                while c.queued_bytes:
+                    c._queue.popleft()
+                    c._bytes = 0
+    return statistics.median(timings) * 1000
+
+
+def stall_run(tmp: Path) -> dict[str, dict[str, float]]:
+    """100 clients, one of which stops reading; 400 ~20 KB batches at 50 per second."""
+    results = {}
+    for name in ("omnimetrics", "baseline"):
+        server = omnimetrics(tmp) if name == "omnimetrics" else baseline()
+        with server as (_, addr):
+            path = "/ws/metrics" if name == "omnimetrics" else "/ws"
+            host, port = addr.split(":")
+            with clients("latency", f"ws://{addr}{path}", STALL_CLIENTS - 1) as readers:
+                stalled = StalledWebSocket(host, int(port), path)
+                stuck = 0
+                with httpx.Client(base_url=f"http://{addr}") as http:
+                    started = time.monotonic()
+                    for seq in range(STALL_BATCHES):
+                        if name == "omnimetrics":
+                            push_ours(http, FILLER_20KB)
+                        elif push_baseline(http, seq, FILLER_20KB) is None:
+                            stuck += 1
+                            if stuck >= 3:  # every broadcast now waits on the stalled client
+                                break
+                        time.sleep(0.02)
+                    elapsed = time.monotonic() - started
+                time.sleep(2)
+                results[name] = summarize(finish(readers), STALL_BATCHES, STALL_CLIENTS - 1)
+                results[name]["seconds"] = elapsed
+                stalled.sock.close()
+    return results
+
+
+def idle_rss(tmp: Path) -> dict[str, float]:
+    out = {}
+    for name in ("omnimetrics", "bare websockets"):
+        if name == "omnimetrics":
+            server = omnimetrics(tmp)
+            path = "/ws/metrics"
+        else:
+            port = free_port()
+            server = _bare(port)
+            path = ""
+        with server as (proc, addr):
+            time.sleep(1)
+            before = rss_kib(proc.pid)
+            with clients("idle", f"ws://{addr}{path}", IDLE_CLIENTS):
+                time.sleep(2)
+                after = rss_kib(proc.pid)
+        out[name] = (after - before) / IDLE_CLIENTS
+    return out
+
+
+@contextlib.contextmanager
+def _bare(port: int) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with process("-m", "bench.bare_ws", "--port", str(port)) as proc:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            time.sleep(0.1)
+        yield proc, f"127.0.0.1:{port}"
+
+
+def fmt(stats: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" if k != "delivered" else f"delivered {v:.1%}"
+                     for k, v in stats.items())  # fmt: skip
+
+
+def run() -> None:
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        lat = latency_run(tmp)
+        print(f"stream: {LATENCY_CLIENTS} WS clients (own process), 1 batch/s of ~1 KB, {BATCHES}")
+        print("  ms: p50/p99 = send-to-receive over all clients; last_p50 = until the last client;")
+        print(
+            "      spread_p50 = first-to-last client, i.e. the time to fan one message out to all"
+        )
+        print(f"  omnimetrics: {fmt(lat['omnimetrics'])}")
+        print(f"  baseline ConnectionManager (lock, await each): {fmt(lat['baseline'])}")
+        o, b = lat["omnimetrics"], lat["baseline"]
+        print(f"  p99 latency {o['p99']:.1f} ms (target <= 50); "
+              f"fan-out spread {o['spread_p50']:.1f} ms (target <= 20)")  # fmt: skip
+        print(f"  ratio omnimetrics/baseline: p99 {o['p99'] / b['p99']:.2f}, "
+              f"fan-out spread {o['spread_p50'] / b['spread_p50']:.2f}")  # fmt: skip
+        print(f"  hub dispatch in-process (encode once, queue for 1,000): {dispatch_time():.2f} ms")
+        stall = stall_run(tmp)
+        print(f"stall: {STALL_CLIENTS} clients, one stops reading; {STALL_BATCHES} ~20 KB batches")
+        print(f"  omnimetrics: {fmt(stall['omnimetrics'])}")
+        print(f"  baseline:    {fmt(stall['baseline'])}")
+        rss = idle_rss(tmp)
+        print(f"memory: RSS per idle WS connection at {IDLE_CLIENTS:,} connections")
+        ours, bare = rss["omnimetrics"], rss["bare websockets"]
+        print(f"  omnimetrics {ours:.1f} KiB (target <= 25), bare websockets {bare:.1f} KiB, "
+              f"ratio {ours / bare:.2f}")  # fmt: skip
