@@ -12,7 +12,7 @@ async def handler(ws: ServerConnection) -> None:
 
 
 async def main(port: int) -> None:
-    async with serve(handler, "127.0.0.1", port, ping_interval=None):
+    async with serve(handler, "127.0.0.1", port, ping_interval=None, compression=None):
         await asyncio.Future()
 
 

@@ -24,6 +24,8 @@ from schemas.tenants import TenantSettings, collection_interval, load_tenant_set
 from stream.hub import Hub
 from stream.routes import router as stream_router
 from stream.tail import Tail
+from stream.ws import PATH as WS_PATH
+from stream.ws import ws_metrics
 
 DRAIN_SECONDS = 3.0
 
@@ -43,7 +45,23 @@ class Drain:
             await self.hub.wait_empty()
 
 
-def create_app(settings: Settings, config: Config | None = None) -> FastAPI:
+class App:
+    """The ASGI app: `WS /ws/metrics` goes straight to its bare endpoint, everything else
+    (lifespan included) to FastAPI. A WebSocket is held for hours, and the framework's
+    middleware would stay suspended on its stack all that time (stream/ws.py)."""
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+        self.state = api.state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and scope["path"] == WS_PATH:
+            await ws_metrics(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(settings: Settings, config: Config | None = None) -> App:
     """The app; its lifespan opens every resource and closes them in reverse."""
     config = config if config is not None else load_config(settings.config)
     sources = sources_for(settings, config)
@@ -110,4 +128,4 @@ def create_app(settings: Settings, config: Config | None = None) -> FastAPI:
     app.include_router(query_router)
     app.include_router(stream_router)
     app.state.drain = drain
-    return app
+    return App(app)

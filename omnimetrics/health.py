@@ -1,5 +1,6 @@
 """`GET /health`: what every stage says about itself, composed here."""
 
+import statistics
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
@@ -39,7 +40,14 @@ async def health(request: Request) -> JSONResponse:
             "status": "degraded" if degraded else "healthy",
             "sources": sources,
             "writer": {"last_seq": writer.last_seq, "error": writer.last_error},
-            "streams": {"clients": len(hub), "queued_bytes": hub.queued_bytes()},
+            "streams": {
+                "clients": len(hub),
+                "queued_bytes": hub.queued_bytes(),
+                "fanout_ms_p50": round(statistics.median(hub.fanout_ms), 3)
+                if hub.fanout_ms
+                else None,
+                "fanout_ms_max": round(max(hub.fanout_ms), 3) if hub.fanout_ms else None,
+            },
             "time": rfc3339(utcnow()),
         }
     )

@@ -6,9 +6,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
-from stream.routes import MAX_MESSAGE_BYTES
+from omnimetrics.app import App
+from stream.ws import MAX_MESSAGE_BYTES
 
 
 class Server(uvicorn.Server):
@@ -54,7 +54,7 @@ DEFAULT_SEND_BUFFER_BYTES = 256 * 1024
 
 
 def build_server(
-    app: FastAPI,
+    app: App,
     host: str,
     port: int,
     log_level: str = "info",
@@ -69,6 +69,12 @@ def build_server(
         log_level=log_level,
         lifespan="on",
         ws_max_size=MAX_MESSAGE_BYTES,  # larger frames are closed with 1009
+        # Compression would run once per client on bytes encoded once for all, and keep a
+        # zlib context per connection: off, so fan-out stays cheap in CPU and memory.
+        ws_per_message_deflate=False,
+        # wsproto holds the least per idle connection of uvicorn's WebSocket protocols
+        # (bench/stream.py: 24 KiB with omnimetrics on top, against 27 with websockets).
+        ws="wsproto",
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,

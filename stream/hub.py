@@ -2,6 +2,7 @@
 bytes put on every matching client's bounded queue. Nothing here ever awaits a client."""
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Iterable
 
@@ -9,15 +10,22 @@ from stream.batches import Batch
 from stream.encode import Filter, Outgoing, encode_batch
 
 DEFAULT_BUDGET_BYTES = 1024 * 1024
+FANOUT_TRACKED = 64  # batches whose fan-out is still being timed, at most
 
 
 class Client:
     """One connection's subscription and its queue, bounded by a byte budget.
 
-    Over budget, the queue is dropped and `ended` is set with `overflowed`: the connection
-    then tells the client where to resume from (its last sent cursor) and closes. The
-    client loses nothing: it resumes from the database.
+    Over budget, the queue is dropped and the client ends with `overflowed` set: the
+    connection then tells the client where to resume from (its last sent cursor) and
+    closes. The client loses nothing: it resumes from the database. Slotted and with a
+    waiter made only while waiting, because there is one of these per open connection.
     """
+
+    __slots__ = (
+        "filter", "start_seq", "sent_seq", "budget", "overflowed", "shutdown", "too_big",
+        "_ended", "_queue", "_bytes", "_waiter",
+    )  # fmt: skip
 
     def __init__(self, flt: Filter, start_seq: int, budget: int) -> None:
         self.filter = flt
@@ -27,18 +35,27 @@ class Client:
         self.overflowed = False
         self.shutdown = False
         self.too_big = False
-        self.ended = asyncio.Event()
+        self._ended = False
         self._queue: deque[Outgoing] = deque()
         self._bytes = 0
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     @property
     def queued_bytes(self) -> int:
         return self._bytes
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def offer(self, item: Outgoing) -> None:
         """Queue a message without waiting; over budget, end the connection instead."""
-        if self.ended.is_set():
+        if self._ended:
             return
         size = len(item.text)
         if self._bytes + size > self.budget:
@@ -49,7 +66,7 @@ class Client:
             return
         self._queue.append(item)
         self._bytes += size
-        self._ready.set()
+        self._wake()
 
     def end_for_shutdown(self) -> None:
         self.shutdown = True
@@ -57,17 +74,20 @@ class Client:
 
     def end(self) -> None:
         """End the connection (the peer left, or it must close); idempotent."""
-        self.ended.set()
-        self._ready.set()
+        self._ended = True
+        self._wake()
 
     async def next(self) -> Outgoing | None:
         """The next message to send, or None once the connection is to end."""
         while not self._queue:
-            if self.ended.is_set():
+            if self._ended:
                 return None
-            self._ready.clear()
-            await self._ready.wait()
-        if self.ended.is_set():
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._ended:
             return None
         item = self._queue.popleft()
         self._bytes -= len(item.text)
@@ -85,6 +105,9 @@ class Hub:
         self._emptied = asyncio.Event()
         self._emptied.set()
         self.closed = False
+        # Fan-out time: from dispatch until the last matching client's send returned.
+        self.fanout_ms: deque[float] = deque(maxlen=100)
+        self._pending: dict[int, list[float]] = {}
 
     def __len__(self) -> int:
         return sum(len(clients) for clients in self._by_filter.values())
@@ -109,6 +132,8 @@ class Hub:
     def move(self, client: Client, flt: Filter) -> None:
         """Change a client's filter; it applies from the next batch on."""
         self.remove(client)
+        if client.ended:
+            return
         client.filter = flt
         self._by_filter.setdefault(flt, set()).add(client)
         self._emptied.clear()
@@ -120,7 +145,29 @@ class Hub:
                 for item in encode_batch(batch, flt, self.epoch):
                     for client in list(clients):
                         client.offer(item)
+                        if client.ended:  # overflowed: it resumes from the database
+                            self.remove(client)
+                    if item.seq is not None and clients:
+                        self._track(item.seq, len(clients))
         self.position = max(self.position, upto)
+
+    def _track(self, seq: int, clients: int) -> None:
+        pending = self._pending.get(seq)
+        if pending is None:
+            self._pending[seq] = [time.perf_counter(), clients]
+            while len(self._pending) > FANOUT_TRACKED:  # clients that left never report
+                del self._pending[next(iter(self._pending))]
+        else:
+            pending[1] += clients
+
+    def sent(self, seq: int) -> None:
+        """A client's sender handed message `seq` to its connection."""
+        pending = self._pending.get(seq)
+        if pending is not None:
+            pending[1] -= 1
+            if pending[1] <= 0:
+                self.fanout_ms.append((time.perf_counter() - pending[0]) * 1000)
+                del self._pending[seq]
 
     def close(self) -> None:
         """End every connection (shutdown); clients resume from their cursors later."""
