@@ -8,6 +8,7 @@ import httpx
 
 from ingest.scrape import Scrape, scrape
 from ingest.sources import Source
+from ingest.transport import AiohttpTransport
 from schemas.rows import SampleRow, ScrapeRow
 from schemas.times import utcnow
 
@@ -17,11 +18,10 @@ TIMEOUT_SHARE_OF_INTERVAL = 0.8
 
 
 def http_client(n_sources: int) -> httpx.AsyncClient:
-    """The one client every scrape shares: a connection per source, all kept alive
-    between ticks (httpx keeps only 20 by default), no redirects, no proxy lookups."""
-    size = max(100, 2 * n_sources)
-    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-    return httpx.AsyncClient(limits=limits, follow_redirects=False, trust_env=False)
+    """The one client every scrape shares: a connection per source, kept alive between
+    ticks, no redirects, no proxy lookups; sent through aiohttp (see transport.py)."""
+    transport = AiohttpTransport(max_connections=max(100, 2 * n_sources))
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
 
 
 class Tick(NamedTuple):

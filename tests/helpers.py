@@ -21,6 +21,7 @@ class Reply:
     body: bytes = b"{}"
     content_type: str = "application/json"
     delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Upstream:
@@ -48,6 +49,8 @@ class Upstream:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
                 self.send_header("Content-Length", str(len(reply.body)))
+                for name, value in reply.headers:
+                    self.send_header(name, value)
                 self.end_headers()
                 with contextlib.suppress(OSError):
                     self.wfile.write(reply.body)

@@ -1,13 +1,13 @@
 """Collection against real local HTTP upstreams, written through the real writer."""
 
+import gzip
 import time
 from collections.abc import AsyncIterator, Sequence
 
-import httpx
 import orjson
 import pytest
 
-from ingest.collector import Collector
+from ingest.collector import Collector, http_client
 from ingest.jobs import CollectionJobs
 from ingest.sources import Source
 from ingest.writer import Writer
@@ -32,7 +32,7 @@ async def writer(db: Database) -> AsyncIterator[Writer]:
 
 
 async def run_ticks(db: Database, writer: Writer, sources: Sequence[Source], n: int) -> None:
-    async with httpx.AsyncClient() as client:
+    async with http_client(len(sources)) as client:
         jobs = CollectionJobs(Collector(client, sources), writer, {"local": 1.0})
         for _ in range(n):
             await jobs.tick("local")
@@ -91,7 +91,7 @@ async def test_timeout_is_clamped_below_the_interval(
     db: Database, writer: Writer, upstream: Upstream
 ) -> None:
     slow = upstream.script("/slow", Reply(delay=60))
-    async with httpx.AsyncClient() as client:
+    async with http_client(1) as client:
         jobs = CollectionJobs(
             Collector(client, [Source("slow", slow, timeout_seconds=30)]), writer, {"local": 0.5}
         )
@@ -205,3 +205,15 @@ async def test_kind_overrides_from_config_win(
         .fetchall()
     )
     assert kind == [("counter",)]
+
+
+async def test_compressed_body_is_decoded(db: Database, writer: Writer, upstream: Upstream) -> None:
+    body = gzip.compress(orjson.dumps({"metrics": {"total_tokens_saved": 41}}))
+    url = upstream.script("/stats", Reply(body=body, headers=(("Content-Encoding", "gzip"),)))
+    await run_ticks(db, writer, [Source("c", url)], 1)
+    got = (
+        db.cursor()
+        .execute("SELECT value FROM samples WHERE metric = 'metrics.total_tokens_saved'")
+        .fetchall()
+    )
+    assert got == [(41.0,)]
