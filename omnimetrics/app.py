@@ -79,7 +79,12 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
                 if tenant_id not in tenants:  # the config seeds; later changes win
                     await writer.put_tenant_settings(tenant_id, initial.model_dump_json())
                     tenants[tenant_id] = initial
-            hub = Hub(db.epoch, writer.last_seq, budget=settings.stream_queue_bytes)
+            hub = Hub(
+                db.epoch,
+                writer.last_seq,
+                budget=settings.stream_queue_bytes,
+                keepalive_seconds=settings.sse_keepalive_seconds,
+            )
             tail = Tail(db, hub)
             unsubscribe = signal.subscribe(tail.notify)
             tail_task = asyncio.create_task(tail.run(), name="omnimetrics-tail")

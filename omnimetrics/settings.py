@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     threads: Annotated[int, Field(ge=1, le=256)] = 2
     stream_queue_bytes: Annotated[int, Field(ge=64 * 1024)] = 1024 * 1024
     socket_send_buffer_bytes: Annotated[int, Field(ge=4096)] = 256 * 1024
+    sse_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     jwt_secret: SecretStr | None = None
     allowed_origins: str = ""

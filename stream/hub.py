@@ -10,6 +10,7 @@ from stream.batches import Batch
 from stream.encode import Filter, Outgoing, encode_batch
 
 DEFAULT_BUDGET_BYTES = 1024 * 1024
+DEFAULT_KEEPALIVE_SECONDS = 15.0
 FANOUT_TRACKED = 64  # batches whose fan-out is still being timed, at most
 
 
@@ -97,10 +98,17 @@ class Client:
 class Hub:
     """Who watches what, and the position up to which batches have been handed out."""
 
-    def __init__(self, epoch: str, position: int, budget: int = DEFAULT_BUDGET_BYTES) -> None:
+    def __init__(
+        self,
+        epoch: str,
+        position: int,
+        budget: int = DEFAULT_BUDGET_BYTES,
+        keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
+    ) -> None:
         self.epoch = epoch
         self.position = position
         self.budget = budget
+        self.keepalive_seconds = keepalive_seconds  # SSE comment lines while idle
         self._by_filter: dict[Filter, set[Client]] = {}
         self._emptied = asyncio.Event()
         self._emptied.set()

@@ -18,7 +18,6 @@ from stream.encode import Filter, Outgoing, control
 from stream.hub import Hub
 from stream.session import catch_up, open_session
 
-SSE_KEEPALIVE_SECONDS = 15.0
 SSE_RETRY_MS = 3000
 
 router = APIRouter()
@@ -65,7 +64,7 @@ async def _sse_events(
                     client.sent_seq = item.seq
         while True:
             item_: Outgoing | None = None
-            with anyio.move_on_after(SSE_KEEPALIVE_SECONDS) as waited:
+            with anyio.move_on_after(hub.keepalive_seconds) as waited:
                 item_ = await client.next()
             if waited.cancelled_caught:
                 yield b": keepalive\n\n"

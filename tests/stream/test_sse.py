@@ -86,3 +86,19 @@ async def test_shutdown_ends_sse_streams_cleanly(tmp_path: Path) -> None:
     await response.aclose()
     await client.aclose()
     assert lines[-1] == ""
+
+
+async def test_idle_stream_sends_keepalive_comments(tmp_path: Path) -> None:
+    settings = Settings(db=tmp_path / "k.duckdb", sse_keepalive_seconds=0.2)
+    with serve(create_app(settings, Config(sources=[]))) as base:
+        async with (
+            httpx.AsyncClient(base_url=base) as http,
+            http.stream("GET", "/stream/metrics") as response,
+        ):
+            comments = 0
+            with anyio.fail_after(5):
+                async for frame in sse_frames(response):
+                    comments += frame.get("comment") == "keepalive"
+                    if comments == 2:
+                        break
+    assert comments == 2
