@@ -113,7 +113,8 @@ class Hub:
         self._emptied = asyncio.Event()
         self._emptied.set()
         self.closed = False
-        # Fan-out time: from dispatch until the last matching client's send returned.
+        # Fan-out time: from the commit notice (or dispatch) until the last matching
+        # client's send returned, i.e. the server's share of commit-to-receive.
         self.fanout_ms: deque[float] = deque(maxlen=100)
         self._pending: dict[int, list[float]] = {}
 
@@ -146,8 +147,12 @@ class Hub:
         self._by_filter.setdefault(flt, set()).add(client)
         self._emptied.clear()
 
-    def dispatch(self, batches: Iterable[Batch], upto: int) -> None:
-        """Hand out batches (in seq order) up to `upto`: one encoding per distinct filter."""
+    def dispatch(
+        self, batches: Iterable[Batch], upto: int, committed_at: float | None = None
+    ) -> None:
+        """Hand out batches (in seq order) up to `upto`: one encoding per distinct filter.
+        `committed_at` (perf_counter) starts the fan-out clock; by default, now."""
+        started = committed_at if committed_at is not None else time.perf_counter()
         for batch in batches:
             for flt, clients in list(self._by_filter.items()):
                 for item in encode_batch(batch, flt, self.epoch):
@@ -156,13 +161,13 @@ class Hub:
                         if client.ended:  # overflowed: it resumes from the database
                             self.remove(client)
                     if item.seq is not None and clients:
-                        self._track(item.seq, len(clients))
+                        self._track(item.seq, len(clients), started)
         self.position = max(self.position, upto)
 
-    def _track(self, seq: int, clients: int) -> None:
+    def _track(self, seq: int, clients: int, started: float) -> None:
         pending = self._pending.get(seq)
         if pending is None:
-            self._pending[seq] = [time.perf_counter(), clients]
+            self._pending[seq] = [started, clients]
             while len(self._pending) > FANOUT_TRACKED:  # clients that left never report
                 del self._pending[next(iter(self._pending))]
         else:

@@ -3,6 +3,7 @@ once and hands them to the hub. No per-client query, no per-client upstream poll
 
 import asyncio
 import logging
+import time
 from functools import partial
 
 from schemas.db import Database
@@ -20,12 +21,15 @@ class Tail:
         self._db = db
         self._hub = hub
         self._target = hub.position
+        self._committed_at: float | None = None  # the oldest commit not yet dispatched
         self._wake = asyncio.Event()
         self._cache = SeriesCache()
 
     def notify(self, appended: Appended) -> None:
         """The writer's listener: never blocks, just records how far there is to read."""
         self._target = max(self._target, appended.last_seq)
+        if self._committed_at is None:
+            self._committed_at = time.perf_counter()
         self._wake.set()
 
     async def run(self) -> None:
@@ -33,7 +37,8 @@ class Tail:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            after, upto = self._hub.position, self._target
+            after, upto, committed_at = self._hub.position, self._target, self._committed_at
+            self._committed_at = None
             if upto <= after:
                 continue
             try:
@@ -43,6 +48,7 @@ class Tail:
             except Exception:
                 log.exception("stream tail could not read seq %d..%d; retrying", after, upto)
                 await asyncio.sleep(RETRY_SECONDS)
+                self._committed_at = committed_at
                 self._wake.set()
                 continue
-            self._hub.dispatch(batches, upto)
+            self._hub.dispatch(batches, upto, committed_at)
