@@ -1,6 +1,7 @@
 """`GET /health`: what every stage says about itself, composed here."""
 
 import statistics
+from collections.abc import Collection
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
@@ -43,11 +44,16 @@ async def health(request: Request) -> JSONResponse:
             "streams": {
                 "clients": len(hub),
                 "queued_bytes": hub.queued_bytes(),
-                "fanout_ms_p50": round(statistics.median(hub.fanout_ms), 3)
-                if hub.fanout_ms
-                else None,
-                "fanout_ms_max": round(max(hub.fanout_ms), 3) if hub.fanout_ms else None,
+                "fanout_ms": _p50_max(hub.fanout_ms),
+                "commit_to_sent_ms": _p50_max(hub.commit_to_sent_ms),
             },
             "time": rfc3339(utcnow()),
         }
     )
+
+
+def _p50_max(values: Collection[float]) -> dict[str, float] | None:
+    """Median and maximum of the recent batches, or None before the first."""
+    if not values:
+        return None
+    return {"p50": round(statistics.median(values), 3), "max": round(max(values), 3)}

@@ -113,9 +113,10 @@ class Hub:
         self._emptied = asyncio.Event()
         self._emptied.set()
         self.closed = False
-        # Fan-out time: from the commit notice (or dispatch) until the last matching
-        # client's send returned, i.e. the server's share of commit-to-receive.
+        # Until the last matching client's send returned: from dispatch (the fan-out
+        # itself), and from the writer's commit notice (the server's commit-to-receive).
         self.fanout_ms: deque[float] = deque(maxlen=100)
+        self.commit_to_sent_ms: deque[float] = deque(maxlen=100)
         self._pending: dict[int, list[float]] = {}
 
     def __len__(self) -> int:
@@ -151,8 +152,9 @@ class Hub:
         self, batches: Iterable[Batch], upto: int, committed_at: float | None = None
     ) -> None:
         """Hand out batches (in seq order) up to `upto`: one encoding per distinct filter.
-        `committed_at` (perf_counter) starts the fan-out clock; by default, now."""
-        started = committed_at if committed_at is not None else time.perf_counter()
+        `committed_at` (perf_counter) is when the writer's notice arrived."""
+        dispatched = time.perf_counter()
+        committed = committed_at if committed_at is not None else dispatched
         for batch in batches:
             for flt, clients in list(self._by_filter.items()):
                 for item in encode_batch(batch, flt, self.epoch):
@@ -161,25 +163,27 @@ class Hub:
                         if client.ended:  # overflowed: it resumes from the database
                             self.remove(client)
                     if item.seq is not None and clients:
-                        self._track(item.seq, len(clients), started)
+                        self._track(item.seq, len(clients), committed, dispatched)
         self.position = max(self.position, upto)
 
-    def _track(self, seq: int, clients: int, started: float) -> None:
+    def _track(self, seq: int, clients: int, committed: float, dispatched: float) -> None:
         pending = self._pending.get(seq)
         if pending is None:
-            self._pending[seq] = [started, clients]
+            self._pending[seq] = [clients, committed, dispatched]
             while len(self._pending) > FANOUT_TRACKED:  # clients that left never report
                 del self._pending[next(iter(self._pending))]
         else:
-            pending[1] += clients
+            pending[0] += clients
 
     def sent(self, seq: int) -> None:
         """A client's sender handed message `seq` to its connection."""
         pending = self._pending.get(seq)
         if pending is not None:
-            pending[1] -= 1
-            if pending[1] <= 0:
-                self.fanout_ms.append((time.perf_counter() - pending[0]) * 1000)
+            pending[0] -= 1
+            if pending[0] <= 0:
+                now = time.perf_counter()
+                self.commit_to_sent_ms.append((now - pending[1]) * 1000)
+                self.fanout_ms.append((now - pending[2]) * 1000)
                 del self._pending[seq]
 
     def close(self) -> None:

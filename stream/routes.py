@@ -27,9 +27,6 @@ def _filter(params: StreamParams) -> Filter:
     return Filter(params.tenant_id, params.tool_id, params.session_id)
 
 
-# ---- Server-sent events ----
-
-
 @router.get("/stream/metrics", response_class=StreamingResponse)
 async def sse_metrics(
     request: Request, params: Annotated[StreamParams, Query()]

@@ -25,6 +25,17 @@ async def open_session(
 ) -> Session:
     """Join the hub first, then decide the resume point: nothing is missed in between."""
     client = hub.add(flt)
+    try:
+        return await _greet(db, hub, client, since, greeting)
+    except BaseException:
+        hub.remove(client)
+        raise
+
+
+async def _greet(
+    db: Database, hub: Hub, client: Client, since: str | None, greeting: str
+) -> Session:
+    flt = client.filter
     head = client.start_seq
     resumed: bool | None = None
     resume_error: str | None = None

@@ -193,3 +193,19 @@ async def test_shutdown_closes_with_1001_and_a_cursor(tmp_path: anyio.Path) -> N
         await recv(ws)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     assert hello["cursor"] in closed.value.rcvd.reason
+
+
+async def test_health_reports_fanout_and_commit_to_sent_times(
+    running: Running, http: httpx.AsyncClient
+) -> None:
+    async with connect(running.ws) as ws:
+        await recv_type(ws, "connected")
+        assert (await http.get("/health")).json()["streams"]["fanout_ms"] is None
+        for _ in range(3):
+            await push(http)
+            await recv_type(ws, "metrics")
+        streams = (await http.get("/health")).json()["streams"]
+    assert streams["clients"] == 1
+    fanout, commit_to_sent = streams["fanout_ms"], streams["commit_to_sent_ms"]
+    assert 0 <= fanout["p50"] <= fanout["max"]
+    assert commit_to_sent["p50"] >= fanout["p50"] and commit_to_sent["max"] >= fanout["max"]
