@@ -4,7 +4,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import orjson
-from pydantic import ValidationError
 
 from ingest.writer import EventKey
 from schemas.models import IngestBatch, IngestEvent
@@ -67,6 +66,3 @@ def event_rows(
         ]
         out.append((key, rows))
     return out
-
-
-__all__ = ["BodyTooLarge", "InvalidBody", "ValidationError", "event_rows", "parse_events"]

@@ -1,6 +1,5 @@
 """Pydantic models of every REST body and query string (the edges only)."""
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
@@ -58,18 +57,6 @@ class SeriesParams(SampleFilters):
 
 class LatestParams(SampleFilters):
     pass
-
-
-class SampleOut(Strict):
-    seq: int
-    ts: datetime
-    tenant_id: str
-    tool_id: str | None
-    session_id: str | None
-    source: str
-    metric: str
-    kind: Kind
-    value: float
 
 
 class StreamParams(Strict):

@@ -7,7 +7,6 @@ from typing import Literal, NamedTuple
 import pyarrow as pa
 
 Kind = Literal["counter", "gauge", "delta"]
-KINDS: frozenset[str] = frozenset({"counter", "gauge", "delta"})
 
 
 class SampleRow(NamedTuple):

@@ -1,16 +1,6 @@
 """Stream cursors: `"<epoch>:<seq>"`. A cursor from another database epoch means "start
 again", never a silent gap."""
 
-from typing import NamedTuple
-
-
-class Cursor(NamedTuple):
-    epoch: str
-    seq: int
-
-    def __str__(self) -> str:
-        return f"{self.epoch}:{self.seq}"
-
 
 class BadCursor(ValueError):
     """Why a resume cursor cannot be used; the message is shown to the client."""
