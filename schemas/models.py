@@ -59,6 +59,35 @@ class LatestParams(SampleFilters):
     pass
 
 
+GROUP_LABELS = ("source", "tool_id", "session_id", "tenant_id", "metric")
+
+
+class IncreaseParams(SampleFilters):
+    """`metric` is required; `step` is a whole number and `s`, `m`, `h` or `d`."""
+
+    metric: Label
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+    step: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,8}[smhd]$")] = "1h"
+    group_by: Annotated[str, StringConstraints(max_length=200)] = ""
+
+    def step_seconds(self) -> int:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[self.step[-1]]
+        return int(self.step[:-1]) * unit
+
+    def group_labels(self) -> list[str]:
+        """The `group_by` labels, in order; raises ValueError naming an unknown one."""
+        labels = [label.strip() for label in self.group_by.split(",") if label.strip()]
+        for label in labels:
+            if label not in GROUP_LABELS:
+                raise ValueError(
+                    f"group_by: unknown label {label!r}; use any of {', '.join(GROUP_LABELS)}"
+                )
+        if len(set(labels)) != len(labels):
+            raise ValueError("group_by: a label is repeated")
+        return labels
+
+
 class StreamParams(Strict):
     """Query string of `WS /ws/metrics` and `GET /stream/metrics`."""
 
