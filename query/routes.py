@@ -1,15 +1,18 @@
-"""REST history routes under `/api/v1`."""
+"""REST history routes under `/api/v1`, each in JSON, CSV, Arrow IPC or Parquet."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, cast
 
 import duckdb
+import pyarrow as pa
 from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
 
+from query.formats import encode, negotiate
 from query.sql import increase_sql, latest_sql, series_sql, where
 from schemas.db import Database
-from schemas.http import JSONResponse, error_response
-from schemas.models import IncreaseParams, LatestParams, SeriesParams
+from schemas.http import error_response
+from schemas.models import IncreaseParams, LatestParams, SampleFilters, SeriesParams
 from schemas.times import rfc3339, utcnow
 
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -17,49 +20,47 @@ MAX_BUCKETS = 10_000
 
 router = APIRouter(prefix="/api/v1")
 
-_FIELDS = ("seq", "ts", "tenant_id", "tool_id", "session_id", "source", "metric", "kind", "value")
+
+async def _table(request: Request, sql: str, args: dict[str, Any]) -> pa.Table:
+    def run(cur: duckdb.DuckDBPyConnection) -> pa.Table:
+        return cur.sql(sql, params=args).to_arrow_table()
+
+    return await cast(Database, request.state.db).read(run)
 
 
-def _records(
-    cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]
-) -> list[dict[str, Any]]:
-    rows = cur.execute(sql, params).fetchall()
-    out = []
-    for row in rows:
-        record = dict(zip(_FIELDS, row, strict=True))
-        record["ts"] = rfc3339(record["ts"])
-        out.append(record)
-    return out
+def _format(request: Request, params: SampleFilters) -> str:
+    return negotiate(params.format, request.headers.get("accept"))
+
+
+def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    end = end or utcnow()
+    return start or end - DEFAULT_WINDOW, end
 
 
 @router.get("/series")
-async def series(request: Request, params: Annotated[SeriesParams, Query()]) -> Any:
+async def series(request: Request, params: Annotated[SeriesParams, Query()]) -> Response:
     """Raw samples in `seq` order; `from` inclusive, `to` exclusive, default the last 24 h."""
-    end = params.to or utcnow()
-    start = params.from_ or end - DEFAULT_WINDOW
+    start, end = _window(params.from_, params.to)
     if start >= end:
         return error_response(422, "`from` must be before `to`")
     cond, args = where(params, start, end)
     args["limit"] = params.limit
-    db = cast(Database, request.state.db)
-    samples = await db.read(lambda cur: _records(cur, series_sql(cond), args))
-    return JSONResponse({"samples": samples})
+    table = await _table(request, series_sql(cond), args)
+    return encode(table, _format(request, params), lambda rows: {"samples": rows}, "series")
 
 
 @router.get("/latest")
-async def latest(request: Request, params: Annotated[LatestParams, Query()]) -> Any:
+async def latest(request: Request, params: Annotated[LatestParams, Query()]) -> Response:
     """The latest sample of every series that matches the filters."""
     cond, args = where(params)
-    db = cast(Database, request.state.db)
-    rows = await db.read(lambda cur: _records(cur, latest_sql(cond), args))
-    return JSONResponse({"series": rows})
+    table = await _table(request, latest_sql(cond), args)
+    return encode(table, _format(request, params), lambda rows: {"series": rows}, "latest")
 
 
 @router.get("/increase")
-async def increase(request: Request, params: Annotated[IncreaseParams, Query()]) -> Any:
+async def increase(request: Request, params: Annotated[IncreaseParams, Query()]) -> Response:
     """Reset-aware increase of `metric` per `step` bucket (gap-filled with 0), per group."""
-    end = params.to or utcnow()
-    start = params.from_ or end - DEFAULT_WINDOW
+    start, end = _window(params.from_, params.to)
     if start >= end:
         return error_response(422, "`from` must be before `to`")
     try:
@@ -74,25 +75,16 @@ async def increase(request: Request, params: Annotated[IncreaseParams, Query()])
         return error_response(422, f"{n} buckets of {params.step}: at most {MAX_BUCKETS}")
     cond, args = where(params)
     args.update(start=start, end=end, step=step, first=first, last=last)
-    sql = increase_sql(cond, labels)
+    table = await _table(request, increase_sql(cond, labels), args)
 
-    def run(cur: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
-        return cur.execute(sql, args).fetchall()
-
-    rows = await request.state.db.read(run)
-    buckets = []
-    for row in rows:
-        bucket: dict[str, Any] = {"t": rfc3339(row[0])}
-        bucket.update(zip(labels, row[1:-1], strict=True))
-        bucket["value"] = row[-1]
-        buckets.append(bucket)
-    return JSONResponse(
-        {
+    def as_json(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
             "metric": params.metric,
             "step": params.step,
             "from": rfc3339(start),
             "to": rfc3339(end),
-            "buckets": buckets,
-            "total": sum(b["value"] for b in buckets),
+            "buckets": rows,
+            "total": sum(row["value"] for row in rows),
         }
-    )
+
+    return encode(table, _format(request, params), as_json, "increase")

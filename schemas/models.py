@@ -1,6 +1,6 @@
 """Pydantic models of every REST body and query string (the edges only)."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -41,6 +41,8 @@ class IngestAccepted(Strict):
 
 class SampleFilters(Strict):
     """Filters shared by the history routes; each one given narrows the answer."""
+
+    format: Literal["json", "csv", "arrow", "parquet"] | None = None
 
     metric: Label | None = None
     source: Label | None = None

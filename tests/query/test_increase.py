@@ -1,10 +1,15 @@
 """`/api/v1/increase` through the real server: reset-aware, aligned, gap-filled, validated."""
 
+import io
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 
 from omnimetrics.app import create_app
@@ -121,6 +126,7 @@ def test_increase_agrees_with_the_view(served: tuple[str, Path]) -> None:
         ({"group_by": "tool_id; DROP TABLE samples"}, "unknown label"),
         ({"metric": ""}, "metric"),
         ({"colour": "red"}, "colour"),
+        ({"format": "xml"}, "format"),
     ],
 )  # fmt: skip
 def test_bad_parameters_are_422_saying_what_is_wrong(
@@ -144,3 +150,46 @@ def test_injection_in_filters_matches_nothing(served: tuple[str, Path]) -> None:
         assert increase(base, tool_id=evil).json()["total"] == 0
         assert increase(base, metric=evil).json()["total"] == 0
     assert increase(base, tool_id="claude-code").json()["total"] == 27
+
+
+def read_table(response: httpx.Response) -> list[dict[str, Any]]:
+    kind = response.headers["content-type"]
+    if kind.startswith("text/csv"):
+        return pa_csv.read_csv(io.BytesIO(response.content)).to_pylist()
+    if kind == "application/vnd.apache.arrow.stream":
+        return pa.ipc.open_stream(response.content).read_all().to_pylist()
+    assert kind == "application/vnd.apache.parquet", kind
+    return pq.read_table(io.BytesIO(response.content)).to_pylist()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "arrow", "parquet"])
+def test_restart_scenario_is_27_in_every_format(served: tuple[str, Path], fmt: str) -> None:
+    base, _ = served
+    by_param = read_table(increase(base, tool_id="claude-code", step="1m", format=fmt))
+    media = {"csv": "text/csv", "arrow": "application/vnd.apache.arrow.stream",
+             "parquet": "application/vnd.apache.parquet"}[fmt]  # fmt: skip
+    by_accept = read_table(
+        httpx.get(
+            f"{base}/api/v1/increase",
+            headers={"Accept": media},
+            params={
+                "metric": "metrics.total_tokens_saved",
+                "tool_id": "claude-code",
+                "step": "1m",
+                "from": T.format(0),
+                "to": T.format(10),
+            },
+        )  # fmt: skip
+    )
+    for rows in (by_param, by_accept):
+        assert sum(row["value"] for row in rows) == 27
+        assert len(rows) == 10  # one row per bucket, gap-filled
+        assert list(rows[0]) == ["t", "value"]
+
+
+def test_group_by_columns_in_tabular_formats(served: tuple[str, Path]) -> None:
+    base, _ = served
+    rows = read_table(increase(base, step="5m", group_by="tool_id", format="parquet"))
+    assert [(r["tool_id"], r["value"]) for r in rows] == [
+        ("claude-code", 20), ("cursor", 0), ("claude-code", 7), ("cursor", 30)]  # fmt: skip
+    assert rows[0]["t"] == datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

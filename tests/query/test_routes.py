@@ -9,7 +9,9 @@ import pytest
 
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
+from schemas.times import rfc3339
 from tests.helpers import serve
+from tests.query.test_increase import read_table
 
 
 def push(base: str, **fields: Any) -> None:
@@ -86,3 +88,20 @@ def test_injection_strings_match_nothing_and_change_nothing(base: str, evil: str
         assert get(base, "series", **{name: evil}, **WINDOW).json()["samples"] == []
         assert get(base, "latest", **{name: evil}).json()["series"] == []
     assert len(get(base, "series", **WINDOW).json()["samples"]) == 4
+
+
+@pytest.mark.parametrize("fmt", ["csv", "arrow", "parquet"])
+def test_series_and_latest_in_tabular_formats_match_json(base: str, fmt: str) -> None:
+    for route, key in (("series", "samples"), ("latest", "series")):
+        params = {**WINDOW} if route == "series" else {}
+        as_json = get(base, route, **params).json()[key]
+        response = get(base, route, format=fmt, **params)
+        if fmt == "csv":  # written as RFC 3339 text
+            assert as_json[0]["ts"] in response.text
+        rows = read_table(response)
+        assert len(rows) == len(as_json)
+        for row, expected in zip(rows, as_json, strict=True):
+            assert row["seq"] == expected["seq"] and row["value"] == expected["value"]
+            assert row["metric"] == expected["metric"] and row["kind"] == expected["kind"]
+            ts = row["ts"] if isinstance(row["ts"], str) else rfc3339(row["ts"])
+            assert ts == expected["ts"]
