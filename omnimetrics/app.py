@@ -2,8 +2,9 @@
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -16,6 +17,7 @@ from ingest.routes import router as ingest_router
 from ingest.writer import Writer
 from omnimetrics.health import router as health_router
 from omnimetrics.settings import Config, Settings, load_config, sources_for
+from query.mirror import export_new, keep_mirror, mirror_dir
 from query.routes import router as query_router
 from schemas.db import Database
 from schemas.http import JSONResponse, validation_error_response
@@ -61,6 +63,33 @@ class App:
             await self.api(scope, receive, send)
 
 
+async def _seed_tenants(db: Database, writer: Writer, config: Config) -> dict[str, TenantSettings]:
+    """Settings in force per tenant; the config file seeds those never set, later changes win."""
+    tenants = await db.read(load_tenant_settings)
+    for tenant_id, initial in config.tenants.items():
+        if tenant_id not in tenants:
+            await writer.put_tenant_settings(tenant_id, initial.model_dump_json())
+            tenants[tenant_id] = initial
+    return tenants
+
+
+async def _final_export(db: Database) -> None:
+    """A last export on shutdown, so the notebooks' mirror holds everything committed."""
+    await db.read(partial(export_new, mirror=mirror_dir(db.path), epoch=db.epoch))
+
+
+@asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run `work` as a task for the life of the block; cancel and await it on exit."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(settings: Settings, config: Config | None = None) -> App:
     """The app; its lifespan opens every resource and closes them in reverse."""
     config = config if config is not None else load_config(settings.config)
@@ -69,53 +98,40 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        db = Database(settings.db, memory_limit=settings.memory_limit, threads=settings.threads)
-        signal = AppendSignal()
-        writer = Writer(db, signal)
-        try:
+        # Each resource registers its cleanup as it opens; they close in reverse.
+        async with contextlib.AsyncExitStack() as stack:
+            db = Database(settings.db, memory_limit=settings.memory_limit, threads=settings.threads)
+            stack.callback(db.close)
+            signal = AppendSignal()
+            writer = Writer(db, signal)
+            stack.push_async_callback(writer.close)
             await writer.start()
-            tenants = await db.read(load_tenant_settings)
-            for tenant_id, initial in config.tenants.items():
-                if tenant_id not in tenants:  # the config seeds; later changes win
-                    await writer.put_tenant_settings(tenant_id, initial.model_dump_json())
-                    tenants[tenant_id] = initial
+            tenants = await _seed_tenants(db, writer, config)
+            stack.push_async_callback(_final_export, db)
             hub = Hub(
                 db.epoch,
                 writer.last_seq,
                 budget=settings.stream_queue_bytes,
                 keepalive_seconds=settings.sse_keepalive_seconds,
             )
+            stack.callback(hub.close)
             tail = Tail(db, hub)
-            unsubscribe = signal.subscribe(tail.notify)
-            tail_task = asyncio.create_task(tail.run(), name="omnimetrics-tail")
+            stack.callback(signal.subscribe(tail.notify))
+            await stack.enter_async_context(_background(tail.run(), "omnimetrics-tail"))
+            mirror = keep_mirror(db, settings.export_interval_seconds)
+            await stack.enter_async_context(_background(mirror, "omnimetrics-mirror"))
             drain.hub = hub
-            async with http_client(len(sources)) as client:
-                collector = Collector(client, sources)
-                intervals = {
-                    t: collection_interval(tenants.get(t, TenantSettings()))
-                    for t in collector.tenants()
-                }
-                jobs = CollectionJobs(collector, writer, intervals)
-                jobs.start()
-                try:
-                    yield {
-                        "db": db,
-                        "writer": writer,
-                        "collector": collector,
-                        "signal": signal,
-                        "jobs": jobs,
-                        "hub": hub,
-                    }
-                finally:
-                    await jobs.stop()
-                    hub.close()
-                    unsubscribe()
-                    tail_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await tail_task
-        finally:
-            await writer.close()
-            db.close()
+            client = await stack.enter_async_context(http_client(len(sources)))
+            collector = Collector(client, sources)
+            intervals = {
+                t: collection_interval(tenants.get(t, TenantSettings()))
+                for t in collector.tenants()
+            }
+            jobs = CollectionJobs(collector, writer, intervals)
+            jobs.start()
+            stack.push_async_callback(jobs.stop)
+            yield {"db": db, "writer": writer, "collector": collector, "signal": signal,
+                   "jobs": jobs, "hub": hub}  # fmt: skip
 
     app = FastAPI(
         title="omnimetrics",

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     stream_queue_bytes: Annotated[int, Field(ge=64 * 1024)] = 1024 * 1024
     socket_send_buffer_bytes: Annotated[int, Field(ge=4096)] = 256 * 1024
     sse_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # Notebooks read a Parquet mirror at most this old (CONTRACT.md: at most 60 s).
+    export_interval_seconds: Annotated[float, Field(gt=0, le=55)] = 30.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     jwt_secret: SecretStr | None = None
     allowed_origins: str = ""

@@ -1,0 +1,93 @@
+"""The Parquet mirror that analysts read while the service writes.
+
+DuckDB lets no other process open a file a writer holds, and a reader holding it would
+block the writer's restart. So the service appends every new sample to immutable Parquet
+files beside the database (`<db>.parquet/samples/day=YYYY-MM-DD/<first>-<last>.parquet`,
+written under a temporary name and renamed), and records how far it got in `meta.json`.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.db import Database
+from schemas.times import rfc3339, utcnow
+
+log = logging.getLogger("omnimetrics.query")
+
+CHUNK_ROWS = 1_000_000
+_NEW = """
+SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value
+FROM samples WHERE seq > $after AND seq <= $upto ORDER BY seq
+"""
+
+
+def mirror_dir(db_path: str | Path) -> Path:
+    return Path(f"{db_path}.parquet")
+
+
+def read_meta(mirror: Path) -> dict[str, object]:
+    try:
+        meta: dict[str, object] = json.loads((mirror / "meta.json").read_text())
+        return meta
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_text(text: str, path: Path) -> None:
+    path.write_text(text)
+
+
+def export_new(cur: duckdb.DuckDBPyConnection, mirror: Path, epoch: str) -> int:
+    """Append samples committed since the last export; returns the seq now mirrored."""
+    meta = read_meta(mirror)
+    if meta.get("epoch") != epoch:  # another database: start the mirror again
+        shutil.rmtree(mirror, ignore_errors=True)
+        meta = {}
+    done = int(str(meta.get("seq", 0)))
+    (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
+    while done < head:
+        upto = min(head, done + CHUNK_ROWS)
+        table = cur.sql(_NEW, params={"after": done, "upto": upto}).to_arrow_table()
+        table = table.set_column(2, "ts", table.column("ts").cast(pa.timestamp("us", tz="UTC")))
+        days = pc.strftime(table.column("ts"), format="%Y-%m-%d")
+        for day in pc.unique(days).to_pylist():
+            part = table.filter(pc.equal(days, day))
+            folder = mirror / "samples" / f"day={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            seqs = part.column("seq")
+            name = f"{seqs[0].as_py():020d}-{seqs[-1].as_py():020d}.parquet"
+            _write_atomically(folder / name, partial(pq.write_table, part))
+        done = upto
+        record = {"epoch": epoch, "seq": done, "exported_at": rfc3339(utcnow())}
+        mirror.mkdir(parents=True, exist_ok=True)
+        _write_atomically(mirror / "meta.json", partial(_write_text, json.dumps(record)))
+    return done
+
+
+async def keep_mirror(db: Database, interval: float) -> None:
+    """Export new samples every `interval` seconds until cancelled; failures are logged
+    and retried next time, never fatal to the service."""
+    mirror = mirror_dir(db.path)
+    while True:
+        try:
+            await db.read(partial(export_new, mirror=mirror, epoch=db.epoch))
+        except Exception:
+            log.exception("could not export samples to %s; retrying", mirror)
+        await asyncio.sleep(interval)

@@ -1,0 +1,57 @@
+"""`query.connect()`: the analysts' DuckDB connection, with the service's views and macros.
+
+It reads the Parquet mirror the service keeps beside its database, so it works in another
+process while `omnimetrics serve` writes (data at most one export interval old) and never
+blocks or breaks the service, not even its restart. When the service is stopped, it first
+brings the mirror up to date from the database file, opened read-only and closed at once.
+"""
+
+from pathlib import Path
+
+import duckdb
+
+from query.mirror import export_new, mirror_dir
+from schemas.migrations import MIGRATIONS
+from schemas.rows import SAMPLE_SCHEMA
+
+_EMPTY = """
+CREATE TABLE samples (seq BIGINT, batch BIGINT, ts TIMESTAMPTZ, tenant_id VARCHAR,
+    tool_id VARCHAR, session_id VARCHAR, source VARCHAR, metric VARCHAR, kind VARCHAR,
+    value DOUBLE)
+"""
+
+
+def _refresh_if_stopped(db_path: Path) -> None:
+    if not db_path.exists():
+        return
+    try:
+        con = duckdb.connect(str(db_path), read_only=True)
+    except duckdb.IOException:
+        return  # the service holds the file: its own exports keep the mirror fresh
+    try:
+        (epoch,) = con.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchall()[0]
+        export_new(con, mirror_dir(db_path), epoch)
+    finally:
+        con.close()
+
+
+def connect(db_path: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection whose `samples`, `sample_deltas` and
+    `sample_deltas_between(from, to)` are the service's, over the same data."""
+    path = Path(db_path)
+    _refresh_if_stopped(path)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    files = sorted((mirror_dir(path) / "samples").glob("day=*/*.parquet"))
+    if files:
+        listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        con.execute(
+            f"CREATE VIEW samples AS SELECT {', '.join(['seq', 'batch'] + SAMPLE_SCHEMA.names)} "
+            f"FROM read_parquet([{listed}])"
+        )
+    else:
+        con.execute(_EMPTY)
+    for migration in MIGRATIONS:
+        if migration.name != "0001_samples":  # the views and macros, over this `samples`
+            con.execute(migration.sql)
+    return con
