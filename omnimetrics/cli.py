@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,6 +16,7 @@ from omnimetrics.app import create_app
 from omnimetrics.demo import demo_app
 from omnimetrics.server import Server, build_server
 from omnimetrics.settings import Config, ConfigError, Settings, load_config
+from query.export import export
 from schemas.db import Database
 from schemas.http import describe_errors
 
@@ -40,7 +42,38 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo", action="store_true", default=None, help="also run simulated upstreams"
     )
+    export_ = commands.add_parser("export", help="write samples as Parquet partitioned by day")
+    export_.add_argument("--from", dest="start", required=True, type=_time, help="RFC 3339")
+    export_.add_argument("--to", dest="end", required=True, type=_time, help="RFC 3339")
+    export_.add_argument("--out", required=True, type=Path, help="folder to write into")
+    export_.add_argument("--db", type=Path, help="DuckDB file (default data/omnimetrics.duckdb)")
+    export_.add_argument("--tenant-id", help="only this tenant's samples")
     return parser
+
+
+def _time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"time needs a zone (e.g. Z): {text!r}")
+    return value
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.start >= args.end:
+        fail("--from must be before --to")
+    try:
+        settings = Settings(**({"db": args.db} if args.db else {}))
+    except ValidationError as exc:
+        fail(describe_errors(exc.errors()))
+    try:
+        count = export(settings.db, args.start, args.end, args.out, args.tenant_id)
+    except (duckdb.Error, OSError) as exc:
+        fail(f"cannot export: {str(exc).strip().splitlines()[0]}")
+    print(f"exported {count} samples to {args.out}")
+    return 0
 
 
 async def _serve(settings: Settings, config: Config) -> None:
@@ -86,6 +119,8 @@ def _check_database(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "export":
+        return _export(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         settings = Settings(**overrides)

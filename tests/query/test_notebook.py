@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
 from query import connect
@@ -132,3 +133,48 @@ def test_connect_after_the_service_stopped_sees_everything_and_holds_nothing(
 def test_connect_on_a_path_with_no_data_gives_empty_views(tmp_path: Path) -> None:
     con = connect(tmp_path / "nothing.duckdb")
     assert con.sql("SELECT count(*) FROM sample_deltas").fetchall() == [(0,)]
+
+
+def run_export(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "omnimetrics.cli", "export", *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_export_writes_parquet_partitioned_by_day(service: Service, tmp_path: Path) -> None:
+    for minute, value in SCENARIO:
+        service.push(minute, value)
+    body = {"source": "compression", "kind": "counter", "ts": "2026-11-21T03:00:00Z",
+            "metrics": {"metrics.total_tokens_saved": 30}}  # fmt: skip
+    assert httpx.post(f"{service.base}/ingest", json=body).status_code == 202
+    wait_for(lambda: ask(service.db)["rows"] == 6, timeout=15)
+    out = tmp_path / "export"
+    args = ["--db", str(service.db), "--out", str(out)]
+    running = run_export("--from", "2026-11-20T00:00:00Z", "--to", "2026-11-22T00:00:00Z", *args)
+    assert running.returncode == 0, running.stderr
+    assert running.stdout.strip() == f"exported 6 samples to {out}"
+    days = sorted(p.name for p in out.iterdir())
+    assert days == ["day=2026-11-20", "day=2026-11-21"]
+    table = pq.read_table(out / "day=2026-11-20")
+    assert table.num_rows == 5 and sorted(table.column("value").to_pylist())[-1] == 1015
+    service.stop()
+    later = tmp_path / "later"
+    stopped = run_export("--from", "2026-11-21T00:00:00Z", "--to", "2026-11-22T00:00:00Z",
+                         "--db", str(service.db), "--out", str(later))  # fmt: skip
+    assert stopped.returncode == 0 and "exported 1 samples" in stopped.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--from", "2026-11-21T00:00:00Z", "--to", "2026-11-20T00:00:00Z"], "before"),
+        (["--from", "yesterday", "--to", "2026-11-20T00:00:00Z"], "RFC 3339"),
+        (["--from", "2026-11-20T00:00:00", "--to", "2026-11-21T00:00:00Z"], "zone"),
+        (["--from", "2026-11-20T00:00:00Z"], "--to"),
+    ],
+)
+def test_bad_export_arguments_exit_2_with_one_line(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    done = run_export(*args, "--out", str(tmp_path / "x"), "--db", str(tmp_path / "d.duckdb"))
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and needle in done.stderr
