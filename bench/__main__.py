@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from bench import ingest, stream
+from bench import history, ingest, stream
 
 
 def main() -> int:
@@ -13,6 +13,8 @@ def main() -> int:
         asyncio.run(ingest.run())
     if only in (None, "stream"):
         stream.run()
+    if only in (None, "history"):
+        history.run()
     return 0
 
 

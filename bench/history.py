@@ -1,0 +1,177 @@
+"""Issue 4: history queries over 10M samples, against the old design (SQLite with a delta
+column stored at write time) in the same run, and a notebook's first query."""
+
+import asyncio
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ingest.writer import Writer
+from query.mirror import export_new, mirror_dir
+from schemas.db import Database
+from schemas.rows import SAMPLE_SCHEMA
+from schemas.signals import AppendSignal
+
+SOURCES = 500
+TENANTS = 5
+TOOLS = 10
+STEP_S = 60
+DAYS = 14
+END = datetime(2026, 11, 20, tzinfo=UTC)
+START = END - timedelta(days=DAYS)
+RUNS = 15
+
+
+def days() -> Iterator[pa.Table]:
+    """One Arrow table per day, time-ordered; counters restart about every two days."""
+    rng = np.random.default_rng(7)
+    ticks_per_day = 86_400 // STEP_S
+    value = np.zeros(SOURCES)
+    sources = np.array([f"src{i:03d}" for i in range(SOURCES)], dtype=object)
+    tenants = np.array([f"t{i % TENANTS}" for i in range(SOURCES)], dtype=object)
+    tools = np.array([f"tool{i % TOOLS}" for i in range(SOURCES)], dtype=object)
+    for day in range(DAYS):
+        n = ticks_per_day * SOURCES
+        base = int((START + timedelta(days=day)).timestamp() * 1e6)
+        tick = np.repeat(np.arange(ticks_per_day), SOURCES)
+        values = np.empty(n)
+        for t in range(ticks_per_day):
+            value += rng.integers(0, 50, SOURCES)
+            restart = rng.random(SOURCES) < 1 / (2 * ticks_per_day)
+            value[restart] = rng.integers(0, 50, restart.sum())
+            values[t * SOURCES : (t + 1) * SOURCES] = value
+        yield pa.Table.from_arrays(
+            [
+                pa.array(base + tick * STEP_S * 1_000_000, pa.timestamp("us", tz="UTC")),
+                pa.array(np.tile(tenants, ticks_per_day), pa.string()),
+                pa.array(np.tile(tools, ticks_per_day), pa.string()),
+                pa.nulls(n, pa.string()),
+                pa.array(np.tile(sources, ticks_per_day), pa.string()),
+                pa.array(np.full(n, "metrics.total_tokens_saved", dtype=object), pa.string()),
+                pa.array(np.full(n, "counter", dtype=object), pa.string()),
+                pa.array(values),
+            ],
+            schema=SAMPLE_SCHEMA,
+        )
+
+
+async def fill_duckdb(path: Path) -> tuple[int, float]:
+    db = Database(path)
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    started, rows = time.perf_counter(), 0
+    for table in days():
+        for offset in range(0, table.num_rows, 500_000):  # batches of about 17 minutes
+            await writer.append(table.slice(offset, 500_000))
+        rows += table.num_rows
+    elapsed = time.perf_counter() - started
+    await writer.close()
+    db.close()
+    return rows, elapsed
+
+
+def fill_sqlite(path: Path) -> float:
+    """The old design: the delta is computed and stored at write time (and goes negative
+    on a restart, which is the bug this service exists to fix)."""
+    con = sqlite3.connect(path)
+    con.execute(
+        "CREATE TABLE metrics (ts INTEGER, tenant_id TEXT, tool_id TEXT, source TEXT, "
+        "metric TEXT, value REAL, delta REAL)"
+    )
+    con.execute("CREATE INDEX metrics_ts ON metrics (ts)")
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+    for table in days():
+        cols = table.to_pydict()
+        rows = []
+        columns = (cols["ts"], cols["tenant_id"], cols["tool_id"], cols["source"], cols["value"])
+        for ts, tenant, tool, source, value in zip(*columns, strict=True):
+            prev = last.get(source)
+            last[source] = value
+            rows.append((int(ts.timestamp()), tenant, tool, source, "m", value,
+                         None if prev is None else value - prev))  # fmt: skip
+        con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        con.commit()
+    elapsed = time.perf_counter() - started
+    con.close()
+    return elapsed
+
+
+def timed(fn: Callable[[], object], runs: int = RUNS) -> float:
+    fn()  # warm
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+DUCK_24H = """
+SELECT tenant_id, time_bucket(INTERVAL 1 HOUR, ts) AS hour, sum(delta)
+FROM sample_deltas_between($start, $end) WHERE metric = 'metrics.total_tokens_saved'
+GROUP BY ALL
+"""
+DUCK_ALL = """
+SELECT tool_id, time_bucket(INTERVAL 1 DAY, ts) AS day, sum(delta)
+FROM sample_deltas WHERE metric = 'metrics.total_tokens_saved' GROUP BY ALL
+"""
+SQLITE_24H = """
+SELECT tenant_id, ts / 3600 AS hour, sum(delta) FROM metrics
+WHERE ts >= ? AND ts < ? AND metric = 'm' GROUP BY 1, 2
+"""
+SQLITE_ALL = "SELECT tool_id, ts / 86400 AS day, sum(delta) FROM metrics GROUP BY 1, 2"
+
+NOTEBOOK = """
+import sys, time
+started = time.perf_counter()
+from query import connect
+con = connect(sys.argv[1])
+day = "TIMESTAMPTZ '2026-11-19 00:00:00+00', TIMESTAMPTZ '2026-11-20 00:00:00+00'"
+con.sql("SELECT tenant_id, time_bucket(INTERVAL 1 HOUR, ts), sum(delta) FROM "
+        f"sample_deltas_between({day}) GROUP BY ALL").fetchall()
+print(time.perf_counter() - started)
+"""
+
+
+def run() -> None:
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        rows, write_s = asyncio.run(fill_duckdb(tmp / "h.duckdb"))
+        sqlite_write_s = fill_sqlite(tmp / "h.sqlite")
+        print(f"history: {rows:,} samples, {SOURCES} sources, {DAYS} days at {STEP_S} s")
+        old = f"SQLite (old design) {sqlite_write_s:.1f} s"
+        print(f"  written in {write_s:.1f} s through the writer; {old}")
+        db = Database(tmp / "h.duckdb", read_only=True)
+        span = {"start": END - timedelta(days=1), "end": END}
+        duck_24h = timed(lambda: db.read_sync(lambda c: c.sql(DUCK_24H, params=span).fetchall()))
+        duck_all = timed(lambda: db.read_sync(lambda c: c.sql(DUCK_ALL).fetchall()), runs=5)
+        lite = sqlite3.connect(tmp / "h.sqlite")
+        bounds = (int(span["start"].timestamp()), int(span["end"].timestamp()))
+        lite_24h = timed(lambda: lite.execute(SQLITE_24H, bounds).fetchall())
+        lite_all = timed(lambda: lite.execute(SQLITE_ALL).fetchall(), runs=3)
+        print(f"  24 h by hour per tenant: {duck_24h:.1f} ms p50 (target <= 25); "
+              f"SQLite {lite_24h:.1f} ms; SQLite/omnimetrics {lite_24h / duck_24h:.1f}x "
+              "(target >= 25x)")  # fmt: skip
+        print(f"  whole history by day per tool: {duck_all:.1f} ms p50 (target <= 100); "
+              f"SQLite {lite_all:.1f} ms")  # fmt: skip
+        export_new(db.cursor(), mirror_dir(db.path), db.epoch)
+        db.close()
+        firsts = []
+        for _ in range(3):
+            done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(tmp / "h.duckdb")],
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+            firsts.append(float(done.stdout))
+        print(
+            f"  query.connect() + first 24 h query, fresh process: "
+            f"{statistics.median(firsts) * 1000:.0f} ms (target <= 1000)"
+        )
