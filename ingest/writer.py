@@ -16,6 +16,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from schemas import rollups
 from schemas.db import Database
 from schemas.rows import SampleRow, ScrapeRow, to_arrow
 from schemas.signals import Appended, AppendSignal
@@ -137,6 +138,22 @@ class Writer:
             )
 
         await self._run(write)
+
+    async def refresh_rollups(self, now: datetime) -> int:
+        """Materialize closed hours into `rollup_hourly` (one transaction)."""
+
+        def write() -> int:
+            con = self._connection()
+            con.begin()
+            try:
+                until = rollups.refresh(con, now)
+                con.commit()
+            except Exception:
+                con.rollback()
+                raise
+            return until
+
+        return await self._run(write)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from functools import partial
@@ -23,6 +24,7 @@ from schemas.db import Database
 from schemas.http import JSONResponse, validation_error_response
 from schemas.signals import AppendSignal
 from schemas.tenants import TenantSettings, collection_interval, load_tenant_settings
+from schemas.times import utcnow
 from stream.hub import Hub
 from stream.routes import router as stream_router
 from stream.tail import Tail
@@ -30,6 +32,7 @@ from stream.ws import PATH as WS_PATH
 from stream.ws import ws_metrics
 
 DRAIN_SECONDS = 3.0
+log = logging.getLogger("omnimetrics")
 
 
 class Drain:
@@ -78,6 +81,16 @@ async def _final_export(db: Database) -> None:
     await db.read(partial(export_new, mirror=mirror_dir(db.path), epoch=db.epoch))
 
 
+async def _keep_rollups(writer: Writer, interval: float) -> None:
+    """Materialize closed hours through the writer every `interval` seconds."""
+    while True:
+        try:
+            await writer.refresh_rollups(utcnow())
+        except Exception:
+            log.exception("could not refresh rollups; retrying")
+        await asyncio.sleep(interval)
+
+
 @asynccontextmanager
 async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
     """Run `work` as a task for the life of the block; cancel and await it on exit."""
@@ -120,6 +133,8 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
             await stack.enter_async_context(_background(tail.run(), "omnimetrics-tail"))
             mirror = keep_mirror(db, settings.export_interval_seconds)
             await stack.enter_async_context(_background(mirror, "omnimetrics-mirror"))
+            rollups = _keep_rollups(writer, settings.rollup_interval_seconds)
+            await stack.enter_async_context(_background(rollups, "omnimetrics-rollups"))
             drain.hub = hub
             client = await stack.enter_async_context(http_client(len(sources)))
             collector = Collector(client, sources)

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
     # Notebooks read a Parquet mirror at most this old (CONTRACT.md: at most 60 s).
     export_interval_seconds: Annotated[float, Field(gt=0, le=55)] = 30.0
+    rollup_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     jwt_secret: SecretStr | None = None
     allowed_origins: str = ""

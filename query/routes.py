@@ -1,6 +1,7 @@
 """REST history routes under `/api/v1`, each in JSON, CSV, Arrow IPC or Parquet."""
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Annotated, Any, cast
 
 import duckdb
@@ -9,7 +10,8 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from query.formats import encode, negotiate
-from query.sql import increase_sql, latest_sql, series_sql, where
+from query.history import increase_table
+from query.sql import latest_sql, series_sql, where
 from schemas.db import Database
 from schemas.http import error_response
 from schemas.models import IncreaseParams, LatestParams, SampleFilters, SeriesParams
@@ -73,9 +75,9 @@ async def increase(request: Request, params: Annotated[IncreaseParams, Query()])
     if last - first + 1 > MAX_BUCKETS:
         n = last - first + 1
         return error_response(422, f"{n} buckets of {params.step}: at most {MAX_BUCKETS}")
-    cond, args = where(params)
-    args.update(start=start, end=end, step=step, first=first, last=last)
-    table = await _table(request, increase_sql(cond, labels), args)
+    db = cast(Database, request.state.db)
+    table = await db.read(partial(increase_table, filters=params, labels=labels,
+                                  start=start, end=end, step=step))  # fmt: skip
 
     def as_json(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {

@@ -47,32 +47,3 @@ def latest_sql(cond: str) -> str:
         f"QUALIFY row_number() OVER (PARTITION BY {SERIES_KEY} ORDER BY ts DESC, seq DESC) = 1 "
         "ORDER BY tenant_id, source, metric, tool_id NULLS FIRST, session_id NULLS FIRST"
     )
-
-
-def increase_sql(cond: str, labels: list[str]) -> str:
-    """Reset-aware sums of deltas per step-aligned bucket and group, gap-filled with 0.
-
-    `labels` come from an allow-list (schemas.models.GROUP_LABELS), never from input text.
-    Buckets are aligned to multiples of the step since the Unix epoch, in UTC, whatever
-    the session's time zone. Deltas come from the exact window macro, so the first sample
-    inside the window gets its true delta from the one before it.
-    """
-    cols = ", ".join(labels)
-    sel = "".join(f", {c}" for c in labels)
-    joined = "".join(f" AND a.{c} IS NOT DISTINCT FROM g.{c}" for c in labels)
-    groups = f"SELECT DISTINCT {cols} FROM agg" if labels else "SELECT 1 AS one"
-    return f"""
-WITH d AS (
-    SELECT CAST(floor(epoch(ts) / $step) AS BIGINT) AS b{sel}, delta
-    FROM sample_deltas_between($start, $end)
-    WHERE {cond} AND delta IS NOT NULL
-),
-agg AS (SELECT b{sel}, sum(delta) AS value FROM d GROUP BY ALL),
-buckets AS (SELECT unnest(range($first, $last + 1)) AS b),
-groups AS ({groups})
-SELECT to_timestamp(k.b * $step) AS t{"".join(f", g.{c}" for c in labels)},
-       coalesce(a.value, 0) AS value
-FROM buckets k CROSS JOIN groups g
-LEFT JOIN agg a ON a.b = k.b{joined}
-ORDER BY k.b{"".join(f", g.{c} NULLS FIRST" for c in labels)}
-"""

@@ -111,3 +111,22 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_samples", _SAMPLES),
     Migration("0002_sample_deltas", _DELTAS),
 )
+
+# Hourly increases per series, materialized by the writer for closed hours. `meta` keeps
+# `rollup_until` (hours before it are materialized) and `rollup_seq` (rows up to it were
+# considered). A row committed later with an older ts makes the hours from its hour on
+# stale; queries lower the watermark to that hour until the next refresh redoes them.
+_ROLLUPS = """
+CREATE TABLE rollup_hourly (
+    hour       TIMESTAMPTZ NOT NULL,
+    tenant_id  VARCHAR NOT NULL,
+    tool_id    VARCHAR,
+    session_id VARCHAR,
+    source     VARCHAR NOT NULL,
+    metric     VARCHAR NOT NULL,
+    increase   DOUBLE NOT NULL
+);
+INSERT INTO meta VALUES ('rollup_until', '0'), ('rollup_seq', '0');
+"""
+
+MIGRATIONS = (*MIGRATIONS, Migration("0003_rollup_hourly", _ROLLUPS))

@@ -1,0 +1,60 @@
+"""Hourly rollups: materializing closed hours (by the writer) and the watermark reads use.
+
+`rollup_until` is stored as whole epoch seconds (an hour boundary). Everything here is
+exact: a rollup hour holds the same sum of `sample_deltas` the view gives for that hour.
+"""
+
+from datetime import UTC, datetime
+
+import duckdb
+
+HOUR = 3600
+
+_WATERMARKS = """
+SELECT max(CASE WHEN key = 'rollup_until' THEN CAST(value AS BIGINT) END),
+       max(CASE WHEN key = 'rollup_seq' THEN CAST(value AS BIGINT) END)
+FROM meta WHERE key IN ('rollup_until', 'rollup_seq')
+"""
+# The earliest ts among rows the rollup has not considered but that fall before its end.
+_LATE = "SELECT min(ts) FROM samples WHERE seq > $seq AND ts < to_timestamp($until)"
+_REBUILD = """
+INSERT INTO rollup_hourly
+SELECT to_timestamp(CAST(floor(epoch(ts) / 3600) AS BIGINT) * 3600) AS hour,
+       tenant_id, tool_id, session_id, source, metric, sum(delta)
+FROM sample_deltas_between(to_timestamp($start), to_timestamp($end))
+WHERE delta IS NOT NULL
+GROUP BY ALL
+"""
+
+
+def _hour_floor(ts: datetime) -> int:
+    return int(ts.timestamp()) // HOUR * HOUR
+
+
+def valid_until(cur: duckdb.DuckDBPyConnection) -> int:
+    """Epoch seconds before which `rollup_hourly` is exact right now."""
+    until, seq = cur.execute(_WATERMARKS).fetchall()[0]
+    (late,) = cur.execute(_LATE, {"seq": seq, "until": until}).fetchall()[0]
+    return int(until) if late is None else min(int(until), _hour_floor(late))
+
+
+def refresh(cur: duckdb.DuckDBPyConnection, now: datetime, grace_seconds: int = 120) -> int:
+    """Materialize every closed hour (closed `grace_seconds` ago) not yet exact; the caller
+    runs this inside its write transaction. Returns the new `rollup_until`."""
+    until, _ = cur.execute(_WATERMARKS).fetchall()[0]
+    start = valid_until(cur)
+    (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
+    end = max(int(until), (int(now.timestamp()) - grace_seconds) // HOUR * HOUR)
+    if start == 0:  # first refresh: start at the first hour with data
+        (first,) = cur.execute("SELECT min(ts) FROM samples").fetchall()[0]
+        start = _hour_floor(first) if first is not None else end
+    if start < end:
+        cur.execute("DELETE FROM rollup_hourly WHERE hour >= to_timestamp($s)", {"s": start})
+        cur.execute(_REBUILD, {"start": start, "end": end})
+    cur.execute("UPDATE meta SET value = $v WHERE key = 'rollup_until'", {"v": str(end)})
+    cur.execute("UPDATE meta SET value = $v WHERE key = 'rollup_seq'", {"v": str(head)})
+    return end
+
+
+def utc(epoch_seconds: int) -> datetime:
+    return datetime.fromtimestamp(epoch_seconds, UTC)
