@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from query.mirror import export_new, mirror_dir
-from schemas.migrations import MIGRATIONS
+from schemas.migrations import MIGRATIONS, VIEW_MIGRATIONS
 from schemas.rows import SAMPLE_SCHEMA
 
 _EMPTY = """
@@ -52,6 +52,6 @@ def connect(db_path: str | Path) -> duckdb.DuckDBPyConnection:
     else:
         con.execute(_EMPTY)
     for migration in MIGRATIONS:
-        if migration.name != "0001_samples":  # the views and macros, over this `samples`
+        if migration.name in VIEW_MIGRATIONS:  # the views and macros, over this `samples`
             con.execute(migration.sql)
     return con

@@ -130,3 +130,7 @@ INSERT INTO meta VALUES ('rollup_until', '0'), ('rollup_seq', '0');
 """
 
 MIGRATIONS = (*MIGRATIONS, Migration("0003_rollup_hourly", _ROLLUPS))
+
+# The migrations that only define views and macros over `samples`: the notebook API
+# applies these to its own `samples`, so analysts query with the service's definitions.
+VIEW_MIGRATIONS = ("0002_sample_deltas",)
