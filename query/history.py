@@ -1,8 +1,9 @@
 """Increases over time: hourly rollups for the closed hours, raw rows for the rest.
 
-As TimescaleDB's real-time aggregates do: whole hours below the rollup's exact watermark
-come from `rollup_hourly`; the partial hour at the start and everything after the
-watermark come from the window macro over raw rows. Disjoint ranges of the macro sum to
+As TimescaleDB's real-time aggregates do: time below the rollup's exact watermark comes
+from `rollup_hourly` (whole hours, and the watermark's own hour up to it); the partial
+hour at the start and everything after the watermark come from the window macro over raw
+rows. Disjoint ranges of the macro sum to
 the macro over their union, and a rollup hour is that same sum, so the answer always
 equals the view's.
 """
@@ -16,11 +17,16 @@ from query.sql import where
 from schemas.models import SampleFilters
 from schemas.rollups import HOUR, valid_until
 
+# How far back a raw part looks for each series' previous sample before falling back to
+# an exact search of all older rows (only speed depends on it, never the answer).
+LOOKBACK_MINUTES = 5
+
 
 def _raw(sel: str, cond: str, a: str, b: str) -> str:
     return (
         f"SELECT CAST(floor(epoch(ts) / $step) AS BIGINT) AS b{sel}, delta "
-        f"FROM sample_deltas_between(to_timestamp(${a}), to_timestamp(${b})) "
+        f"FROM sample_deltas_between(to_timestamp(${a}), to_timestamp(${b}), "
+        f"lookback := INTERVAL {LOOKBACK_MINUTES} MINUTE) "
         f"WHERE {cond} AND delta IS NOT NULL"
     )
 
@@ -74,7 +80,9 @@ def increase_table(
         args.update(start=lo, end=hi)
         if step % HOUR == 0:
             r0 = -(-int(lo) // HOUR) * HOUR
-            r1 = min(valid_until(cur), int(hi) // HOUR * HOUR)
+            valid = valid_until(cur)
+            # A partial row covers its hour up to `valid`: usable only if that is in range.
+            r1 = valid if valid <= hi else int(hi) // HOUR * HOUR
             if r0 < r1:
                 parts = [_rolled(sel, cond)]
                 args.update(r0=r0, r1=r1)

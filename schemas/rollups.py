@@ -1,7 +1,9 @@
-"""Hourly rollups: materializing closed hours (by the writer) and the watermark reads use.
+"""Hourly rollups: materializing closed time (by the writer) and the watermark reads use.
 
-`rollup_until` is stored as whole epoch seconds (an hour boundary). Everything here is
-exact: a rollup hour holds the same sum of `sample_deltas` the view gives for that hour.
+`rollup_until` is whole epoch seconds on a minute boundary: every hour before it is
+materialized, the hour it falls in only up to it (a partial row, rebuilt whole at each
+refresh). Everything here is exact: a rollup row holds the same sum of `sample_deltas`
+the view gives for the time it covers.
 """
 
 from datetime import UTC, datetime
@@ -9,6 +11,7 @@ from datetime import UTC, datetime
 import duckdb
 
 HOUR = 3600
+MINUTE = 60
 
 _WATERMARKS = """
 SELECT max(CASE WHEN key = 'rollup_until' THEN CAST(value AS BIGINT) END),
@@ -39,13 +42,15 @@ def valid_until(cur: duckdb.DuckDBPyConnection) -> int:
 
 
 def refresh(cur: duckdb.DuckDBPyConnection, now: datetime, grace_seconds: int = 120) -> int:
-    """Materialize every closed hour (closed `grace_seconds` ago) not yet exact; the caller
-    runs this inside its write transaction. Returns the new `rollup_until`."""
+    """Materialize time up to the last minute closed `grace_seconds` ago, redoing what is no
+    longer exact; the caller runs this inside its write transaction. Returns the new
+    `rollup_until`."""
     until, _ = cur.execute(_WATERMARKS).fetchall()[0]
-    start = valid_until(cur)
+    valid = valid_until(cur)
+    start = valid // HOUR * HOUR  # the hour the watermark is in is rebuilt whole
     (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
-    end = max(int(until), (int(now.timestamp()) - grace_seconds) // HOUR * HOUR)
-    if start == 0:  # first refresh: start at the first hour with data
+    end = max(int(until), (int(now.timestamp()) - grace_seconds) // MINUTE * MINUTE)
+    if valid == 0:  # first refresh: start at the first hour with data
         (first,) = cur.execute("SELECT min(ts) FROM samples").fetchall()[0]
         start = _hour_floor(first) if first is not None else end
     if start < end:

@@ -45,6 +45,7 @@ def view_increase(cur, start: datetime, end: datetime, step: int, tool: str | No
 @given(
     batches=st.lists(st.lists(ROW, min_size=1, max_size=4), min_size=1, max_size=20),
     refresh_after=st.lists(st.sampled_from([True, False, False]), min_size=20, max_size=20),
+    now_after=st.integers(-90, 180),  # minutes from the newest sample to "now" at a refresh
     window=st.tuples(st.integers(-2, 8), st.integers(1, 30), st.integers(0, 3599)),
     step=st.sampled_from([3600, 3600, 7200, 86400, 1800]),
     tool=st.sampled_from([None, "a"]),
@@ -52,6 +53,7 @@ def view_increase(cur, start: datetime, end: datetime, step: int, tool: str | No
 def test_rollups_and_tails_agree_with_the_view(
     batches: list[list[tuple[int, str, int, int]]],
     refresh_after: list[bool],
+    now_after: int,
     window: tuple[int, int, int],
     step: int,
     tool: str | None,
@@ -68,8 +70,8 @@ def test_rollups_and_tails_agree_with_the_view(
                     ts += timedelta(seconds=gap)
                     out.append((seq, b, ts, *SERIES[which], kind, float(value)))
                 insert(cur, out)
-                if refresh_after[b - 1] or b == len(batches) // 2 + 1:  # "now" is past the data
-                    rollups.refresh(cur, ts + timedelta(hours=3))
+                if refresh_after[b - 1] or b == len(batches) // 2 + 1:
+                    rollups.refresh(cur, ts + timedelta(minutes=now_after))
             start = T0 + timedelta(hours=window[0], seconds=window[2])
             end = start + timedelta(hours=window[1])
             filters = SampleFilters(metric="m", tool_id=tool)
@@ -91,8 +93,8 @@ def test_late_row_after_a_refresh_is_counted_exactly(db: Database) -> None:
              "counter", float(10 * (i + 1))) for i in range(12)]  # fmt: skip
     insert(cur, rows)
     until = rollups.refresh(cur, T0 + timedelta(hours=8))
-    # Every hour closed by now (08:00) less the 2-minute grace: up to 07:00; data ends 05:30.
-    assert until == int((T0 + timedelta(hours=7)).timestamp())
+    # Up to the last minute closed by now (08:00) less the 2-minute grace; data ends 05:30.
+    assert until == int((T0 + timedelta(hours=7, minutes=58)).timestamp())
     assert rollups.valid_until(cur) == until
     hourly = cur.execute("SELECT count(*), sum(increase) FROM rollup_hourly").fetchall()
     assert hourly == [(6, 110.0)]  # 11 deltas of 10
