@@ -6,7 +6,7 @@ refresh). Everything here is exact: a rollup row holds the same sum of `sample_d
 the view gives for the time it covers.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import duckdb
 
@@ -59,7 +59,3 @@ def refresh(cur: duckdb.DuckDBPyConnection, now: datetime, grace_seconds: int = 
     cur.execute("UPDATE meta SET value = $v WHERE key = 'rollup_until'", {"v": str(end)})
     cur.execute("UPDATE meta SET value = $v WHERE key = 'rollup_seq'", {"v": str(head)})
     return end
-
-
-def utc(epoch_seconds: int) -> datetime:
-    return datetime.fromtimestamp(epoch_seconds, UTC)
