@@ -26,8 +26,10 @@ def _refresh_if_stopped(db_path: Path) -> None:
         return
     try:
         con = duckdb.connect(str(db_path), read_only=True)
-    except duckdb.IOException:
-        return  # the service holds the file: its own exports keep the mirror fresh
+    except (duckdb.IOException, duckdb.ConnectionException):
+        # The service holds the file (another process: a lock; this one: an open
+        # connection). Its own exports keep the mirror fresh.
+        return
     try:
         (epoch,) = con.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchall()[0]
         export_new(con, mirror_dir(db_path), epoch)
