@@ -44,15 +44,15 @@ def connect(db_path: str | Path) -> duckdb.DuckDBPyConnection:
     _refresh_if_stopped(path)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    files = sorted((mirror_dir(path) / "samples").glob("day=*/*.parquet"))
-    if files:
-        listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        con.execute(
-            f"CREATE VIEW samples AS SELECT {', '.join(['seq', 'batch'] + SAMPLE_SCHEMA.names)} "
-            f"FROM read_parquet([{listed}])"
-        )
+    folder = mirror_dir(path) / "samples"
+    if any(folder.glob("day=*/*.parquet")):
+        # A glob, expanded at every query: an open connection keeps seeing new exports.
+        # Files appear whole (written under a temporary name, then renamed).
+        pattern = str(folder / "day=*" / "*.parquet").replace("'", "''")
+        columns = ", ".join(["seq", "batch", *SAMPLE_SCHEMA.names])
+        con.execute(f"CREATE VIEW samples AS SELECT {columns} FROM read_parquet('{pattern}')")
     else:
-        con.execute(_EMPTY)
+        con.execute(_EMPTY)  # nothing exported yet: reconnect once the service has written
     for migration in MIGRATIONS:
         if migration.name in VIEW_MIGRATIONS:  # the views and macros, over this `samples`
             con.execute(migration.sql)

@@ -113,6 +113,16 @@ def test_notebook_reads_while_the_service_writes_and_survives_its_restart(
     wait_for(lambda: ask(service.db)["total"] == 27 + 8 + 5, timeout=15)
 
 
+def test_an_open_connection_sees_new_exports(service: Service) -> None:
+    service.push(0, 1000)
+    wait_for(lambda: ask(service.db)["rows"] == 1, timeout=15)
+    con = connect(service.db)
+    assert con.sql("SELECT count(*) FROM samples").fetchall() == [(1,)]
+    service.push(1, 1010)
+    wait_for(lambda: con.sql("SELECT count(*) FROM samples").fetchall() == [(2,)], timeout=15)
+    con.close()
+
+
 def test_connect_after_the_service_stopped_sees_everything_and_holds_nothing(
     service: Service,
 ) -> None:
