@@ -58,6 +58,9 @@ class SeriesCache:
         self._last.move_to_end(key)
         return self._last[key]
 
+    def forget(self, key: SeriesKey) -> None:
+        self._last.pop(key, None)
+
     def put(self, key: SeriesKey, last: Last | None) -> None:
         self._last[key] = last
         self._last.move_to_end(key)
@@ -123,13 +126,9 @@ def _exact(
     cur: duckdb.DuckDBPyConnection, cache: SeriesCache, after: int, upto: int
 ) -> list[Batch]:
     batches = read_batches(cur, after, upto)
-    newest: dict[SeriesKey, Last] = {}
+    # Which sample is now a series' latest may lie outside this read (an older row with a
+    # later ts): forget these series, so their next read looks them up exactly.
     for batch in batches:
         for row in batch.rows:
-            key = (row.tenant_id, row.tool_id, row.session_id, row.source, row.metric)
-            seen = newest.get(key) or (cache.get(key) if key in cache else None)
-            if seen is None or (row.ts, row.seq) > (seen.ts, seen.seq):
-                newest[key] = Last(row.ts, row.seq, row.value)
-    for key, last in newest.items():
-        cache.put(key, last)
+            cache.forget((row.tenant_id, row.tool_id, row.session_id, row.source, row.metric))
     return batches

@@ -1,10 +1,18 @@
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from schemas.db import Database
 from tests.helpers import Upstream
+
+# Locally, property tests explore new random cases on every run (keep any failure as an
+# @example). In CI (CI=true) they replay a fixed sequence, so a run is reproducible.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture
