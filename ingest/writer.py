@@ -146,7 +146,7 @@ class Writer:
             con = self._connection()
             con.begin()
             try:
-                until = rollups.refresh(con, now)
+                until = rollups.refresh(con, now, head=self.last_seq)
                 con.commit()
             except Exception:
                 con.rollback()

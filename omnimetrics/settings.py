@@ -4,7 +4,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.sources import Source
@@ -37,8 +37,6 @@ class Settings(BaseSettings):
     export_interval_seconds: Annotated[float, Field(gt=0, le=55)] = 30.0
     rollup_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    jwt_secret: SecretStr | None = None
-    allowed_origins: str = ""
 
 
 class SourceConfig(BaseModel):

@@ -41,14 +41,20 @@ def valid_until(cur: duckdb.DuckDBPyConnection) -> int:
     return int(until) if late is None else min(int(until), _hour_floor(late))
 
 
-def refresh(cur: duckdb.DuckDBPyConnection, now: datetime, grace_seconds: int = 120) -> int:
+def refresh(
+    cur: duckdb.DuckDBPyConnection,
+    now: datetime,
+    grace_seconds: int = 120,
+    head: int | None = None,
+) -> int:
     """Materialize time up to the last minute closed `grace_seconds` ago, redoing what is no
     longer exact; the caller runs this inside its write transaction. Returns the new
-    `rollup_until`."""
+    `rollup_until`. `head` is the last committed seq, if the caller (the writer) knows it."""
     until, _ = cur.execute(_WATERMARKS).fetchall()[0]
     valid = valid_until(cur)
     start = valid // HOUR * HOUR  # the hour the watermark is in is rebuilt whole
-    (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
+    if head is None:
+        (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
     end = max(int(until), (int(now.timestamp()) - grace_seconds) // MINUTE * MINUTE)
     if valid == 0:  # first refresh: start at the first hour with data
         (first,) = cur.execute("SELECT min(ts) FROM samples").fetchall()[0]
