@@ -18,6 +18,7 @@ from ingest.routes import router as ingest_router
 from ingest.writer import Writer
 from omnimetrics.health import router as health_router
 from omnimetrics.settings import Config, Settings, load_config, sources_for
+from query.legacy_routes import router as legacy_router
 from query.mirror import export_new, keep_mirror, mirror_dir
 from query.routes import router as query_router
 from schemas.db import Database
@@ -162,6 +163,7 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
     app.include_router(health_router)
     app.include_router(ingest_router)
     app.include_router(query_router)
+    app.include_router(legacy_router)
     app.include_router(stream_router)
     app.state.drain = drain
     return App(app)

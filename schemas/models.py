@@ -98,3 +98,52 @@ class StreamParams(Strict):
     session_id: Label | None = None
     since: Annotated[str, StringConstraints(max_length=200)] | None = None
     token: Annotated[str, StringConstraints(max_length=4096)] | None = None
+
+
+# The old service's read routes (`/metrics/*`, `/sessions/{id}/metrics`): its parameter
+# names, plus the filters every route here takes.
+
+
+class LegacyWindow(Strict):
+    """The last `hours` hours up to now."""
+
+    hours: Annotated[int, Field(ge=1, le=8760)] = 24
+    tenant_id: TenantId | None = None
+
+
+class LegacyToolWindow(LegacyWindow):
+    tool_id: Label | None = None
+
+
+class LegacyHistoryParams(LegacyToolWindow):
+    limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+
+
+class LegacyTokenSavingsParams(LegacyToolWindow):
+    hours: Annotated[int, Field(ge=1, le=720)] = 24
+
+
+class LegacyCompareParams(LegacyWindow):
+    """`tool_ids=a,b` or `tool_ids=a&tool_ids=b`."""
+
+    tool_ids: Annotated[list[Annotated[str, StringConstraints(max_length=2000)]],
+                        Field(min_length=1)]  # fmt: skip
+
+    def tools(self) -> list[str]:
+        """The tool ids in order, once each; raises ValueError if any is empty."""
+        ids = [t.strip() for value in self.tool_ids for t in value.split(",")]
+        if not all(ids):
+            raise ValueError("tool_ids: an empty tool id; give comma-separated tool ids")
+        if any(len(t) > 200 for t in ids):
+            raise ValueError("tool_ids: a tool id is longer than 200 characters")
+        return list(dict.fromkeys(ids))
+
+
+class LegacyCurrentParams(Strict):
+    tenant_id: TenantId | None = None
+    tool_id: Label | None = None
+    session_id: Label | None = None
+
+
+class LegacySessionParams(Strict):
+    tenant_id: TenantId | None = None

@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from schemas.nested import number, put
 from schemas.times import rfc3339
 from stream.batches import Batch, Row
 
@@ -32,26 +33,6 @@ class Filter(NamedTuple):
         )
 
 
-def _number(value: float) -> float | int:
-    # Counters are whole numbers upstream; show them as the old service did.
-    return int(value) if value.is_integer() and abs(value) < 2**53 else value
-
-
-def _put(tree: dict[str, Any], metric: str, value: float | int) -> None:
-    """`a.b.c` → tree["a"]["b"]["c"]; a name with labels (`x{k="a.b"}`) stays whole."""
-    parts = [metric] if "{" in metric else metric.split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if not isinstance(child, dict):
-            if child is not None:  # a leaf is in the way: keep the rest dotted
-                node[".".join(parts[i:])] = value
-                return
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
 def _data_and_deltas(rows: Iterable[Row]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     data: dict[str, dict[str, Any]] = {}
     deltas: dict[str, dict[str, Any]] = {}
@@ -60,10 +41,10 @@ def _data_and_deltas(rows: Iterable[Row]) -> tuple[dict[str, Any], dict[str, dic
         if row.metric == "up":
             source["status"] = "healthy" if row.value else "down"
             continue
-        _put(source, row.metric, _number(row.value))
+        put(source, row.metric, number(row.value))
         if row.delta is not None:
             per_source = deltas.setdefault(row.source, {})
-            per_source[row.metric] = _number(per_source.get(row.metric, 0) + row.delta)
+            per_source[row.metric] = number(per_source.get(row.metric, 0) + row.delta)
     return data, deltas
 
 
