@@ -10,6 +10,7 @@ from ingest.scrape import Scrape, scrape
 from ingest.sources import Source
 from ingest.transport import AiohttpTransport
 from schemas.rows import SampleRow, ScrapeRow
+from schemas.tenants import TenantRegistry, feature_enabled
 from schemas.times import utcnow
 
 # A tick must finish inside its interval (APScheduler skips a run while the previous one
@@ -71,17 +72,29 @@ def tick_rows(tenant_id: str, results: Sequence[Scrape]) -> Tick:
 class Collector:
     """Scrapes sources through one shared HTTP client; remembers each source's last scrape."""
 
-    def __init__(self, client: httpx.AsyncClient, sources: Sequence[Source]) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        sources: Sequence[Source],
+        tenants: TenantRegistry | None = None,
+    ) -> None:
         self._client = client
         self.sources = list(sources)
+        self._tenants = tenants if tenants is not None else TenantRegistry()
         self.last: dict[tuple[str, str], Scrape] = {}
 
     def tenants(self) -> list[str]:
         return sorted({source.tenant_id for source in self.sources})
 
     async def collect(self, tenant_id: str, interval: float) -> Tick:
-        """Scrape every source of `tenant_id` at once; a hanging one costs only its own."""
-        sources = [s for s in self.sources if s.tenant_id == tenant_id]
+        """Scrape every source of `tenant_id` whose feature is on, all at once; a hanging
+        one costs only its own time."""
+        settings = self._tenants.get(tenant_id)
+        sources = [
+            s
+            for s in self.sources
+            if s.tenant_id == tenant_id and feature_enabled(settings, s.feature)
+        ]
         cap = interval * TIMEOUT_SHARE_OF_INTERVAL
         results = await asyncio.gather(
             *(scrape(self._client, s, min(s.timeout_seconds, cap)) for s in sources)

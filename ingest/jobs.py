@@ -30,6 +30,10 @@ class CollectionJobs:
         self._scheduler: AsyncIOScheduler | None = None
         self._inflight: set[asyncio.Task[object]] = set()
 
+    def tenants(self) -> list[str]:
+        """The tenants that have sources to collect."""
+        return self._collector.tenants()
+
     def interval(self, tenant_id: str) -> float | None:
         return self._intervals.get(tenant_id, 1.0)
 

@@ -4,16 +4,16 @@ It reads the writer from the lifespan state (`request.state`), which
 the composition root fills.
 """
 
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from ingest.push import MAX_BODY_BYTES as PUSH_MAX_BODY_BYTES
 from ingest.push import BodyTooLarge, InvalidBody, event_rows, parse_events, read_capped
 from ingest.writer import Writer
 from schemas.http import error_response, validation_error_response
-from schemas.models import IngestAccepted, IngestBatch, IngestEvent
+from schemas.models import IngestAccepted, IngestBatch, IngestEvent, NoParams
 from schemas.times import utcnow
 
 router = APIRouter()
@@ -42,7 +42,7 @@ _INGEST_BODY = {
     openapi_extra=_INGEST_BODY,
     responses={413: {"description": "body over 10 MiB"}, 422: {"description": "invalid"}},
 )
-async def ingest(request: Request) -> Any:
+async def ingest(request: Request, params: Annotated[NoParams, Query()]) -> Any:
     """Push samples. All or nothing; answered only once the events are committed."""
     writer = cast(Writer, request.state.writer)
     try:

@@ -30,6 +30,7 @@ class Source:
     tool_id: str | None = None
     timeout_seconds: float = 2.0
     kinds: Mapping[str, Kind] = field(default_factory=dict)
+    feature: str | None = None  # the tenant feature that switches it on and off
 
     def kind_of(self, metric: str) -> Kind:
         return self.kinds.get(metric) or default_kind(metric)

@@ -18,13 +18,19 @@ from ingest.routes import router as ingest_router
 from ingest.writer import Writer
 from omnimetrics.health import router as health_router
 from omnimetrics.settings import Config, Settings, load_config, sources_for
+from omnimetrics.tenant_settings import router as settings_router
 from query.legacy_routes import router as legacy_router
 from query.mirror import export_new, keep_mirror, mirror_dir
 from query.routes import router as query_router
 from schemas.db import Database
 from schemas.http import JSONResponse, validation_error_response
 from schemas.signals import AppendSignal
-from schemas.tenants import TenantSettings, collection_interval, load_tenant_settings
+from schemas.tenants import (
+    TenantRegistry,
+    TenantSettings,
+    collection_interval,
+    load_tenant_settings,
+)
 from schemas.times import utcnow
 from stream.hub import Hub
 from stream.routes import router as stream_router
@@ -70,11 +76,22 @@ class App:
 async def _seed_tenants(db: Database, writer: Writer, config: Config) -> dict[str, TenantSettings]:
     """Settings in force per tenant; the config file seeds those never set, later changes win."""
     tenants = await db.read(load_tenant_settings)
-    for tenant_id, initial in config.tenants.items():
+    for tenant_id, update in config.tenants.items():
         if tenant_id not in tenants:
+            initial = update.apply(TenantSettings())
             await writer.put_tenant_settings(tenant_id, initial.model_dump_json())
             tenants[tenant_id] = initial
     return tenants
+
+
+def _follow_settings(
+    jobs: CollectionJobs, hub: Hub, tenant_id: str, settings: TenantSettings
+) -> None:
+    """New settings in force: the tenant's job runs at its interval from now on (or stops),
+    and its streams end or re-pace, all before the next tick."""
+    if tenant_id in jobs.tenants():
+        jobs.schedule(tenant_id, collection_interval(settings))
+    hub.settings_changed(tenant_id)
 
 
 async def _final_export(db: Database) -> None:
@@ -120,13 +137,14 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
             writer = Writer(db, signal)
             stack.push_async_callback(writer.close)
             await writer.start()
-            tenants = await _seed_tenants(db, writer, config)
+            tenants = TenantRegistry(await _seed_tenants(db, writer, config))
             stack.push_async_callback(_final_export, db)
             hub = Hub(
                 db.epoch,
                 writer.last_seq,
                 budget=settings.stream_queue_bytes,
                 keepalive_seconds=settings.sse_keepalive_seconds,
+                policy=tenants.policy,
             )
             stack.callback(hub.close)
             tail = Tail(db, hub)
@@ -138,16 +156,14 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
             await stack.enter_async_context(_background(rollups, "omnimetrics-rollups"))
             drain.hub = hub
             client = await stack.enter_async_context(http_client(len(sources)))
-            collector = Collector(client, sources)
-            intervals = {
-                t: collection_interval(tenants.get(t, TenantSettings()))
-                for t in collector.tenants()
-            }
+            collector = Collector(client, sources, tenants)
+            intervals = {t: collection_interval(tenants.get(t)) for t in collector.tenants()}
             jobs = CollectionJobs(collector, writer, intervals)
             jobs.start()
             stack.push_async_callback(jobs.stop)
+            stack.callback(tenants.subscribe(partial(_follow_settings, jobs, hub)))
             yield {"db": db, "writer": writer, "collector": collector, "signal": signal,
-                   "jobs": jobs, "hub": hub}  # fmt: skip
+                   "jobs": jobs, "hub": hub, "tenants": tenants}  # fmt: skip
 
     app = FastAPI(
         title="omnimetrics",
@@ -165,5 +181,6 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
     app.include_router(query_router)
     app.include_router(legacy_router)
     app.include_router(stream_router)
+    app.include_router(settings_router)
     app.state.drain = drain
     return App(app)

@@ -2,13 +2,14 @@
 
 import statistics
 from collections.abc import Collection
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from ingest.collector import Collector
 from ingest.writer import Writer
 from schemas.http import JSONResponse
+from schemas.models import NoParams
 from schemas.times import rfc3339, utcnow
 from stream.hub import Hub
 
@@ -16,7 +17,7 @@ router = APIRouter()
 
 
 @router.get("/health")
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSONResponse:
     """200 while the process serves; `degraded` while a source or the last write fails."""
     writer = cast(Writer, request.state.writer)
     collector = cast(Collector, request.state.collector)

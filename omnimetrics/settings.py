@@ -11,7 +11,7 @@ from ingest.sources import Source
 from schemas.http import describe_errors
 from schemas.models import TenantId
 from schemas.rows import Kind
-from schemas.tenants import TenantSettings
+from schemas.tenants import FEATURES, SettingsUpdate
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -49,9 +49,15 @@ class SourceConfig(BaseModel):
     tool_id: str | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     kinds: dict[str, Kind] = Field(default_factory=dict)
+    # The tenant feature that switches this source off; by default the feature named like
+    # the source (`embeddings`, `compression`, ...), else none: always collected.
+    feature: Literal["compression", "embeddings", "workflows", "response_cache"] | None = None
 
     def to_source(self) -> Source:
-        return Source(**self.model_dump())
+        doc = self.model_dump()
+        if doc["feature"] is None and self.name in FEATURES:
+            doc["feature"] = self.name
+        return Source(**doc)
 
 
 class Config(BaseModel):
@@ -61,7 +67,8 @@ class Config(BaseModel):
 
     # None: the old service's default sources; an empty list: no sources at all.
     sources: list[SourceConfig] | None = None
-    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    # Initial settings per tenant, as a PUT /settings body (a profile brings its preset).
+    tenants: dict[str, SettingsUpdate] = Field(default_factory=dict)
 
     @field_validator("sources")
     @classmethod
@@ -102,6 +109,6 @@ def sources_for(settings: Settings, config: Config) -> list[Source]:
     if settings.demo:
         embeddings, compression = settings.demo_embeddings_port, settings.demo_compression_port
     return [
-        Source("embeddings", f"http://127.0.0.1:{embeddings}/stats"),
-        Source("compression", f"http://127.0.0.1:{compression}/stats"),
+        Source("embeddings", f"http://127.0.0.1:{embeddings}/stats", feature="embeddings"),
+        Source("compression", f"http://127.0.0.1:{compression}/stats", feature="compression"),
     ]

@@ -59,6 +59,8 @@ class Metrics(_Message):
     session_id: str | None
     data: dict[str, dict[str, Any]]
     deltas: dict[str, dict[str, float]]
+    # Batches merged into this one by the tenant's max_events_per_minute (absent: 1).
+    coalesced: int | None = None
 
 
 class Error(_Message):

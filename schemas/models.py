@@ -147,3 +147,13 @@ class LegacyCurrentParams(Strict):
 
 class LegacySessionParams(Strict):
     tenant_id: TenantId | None = None
+
+
+class NoParams(Strict):
+    """A route that takes no query parameters (so an unknown one is a 422)."""
+
+
+class TenantParams(Strict):
+    """`?tenant_id=` of the settings routes (the default tenant without it)."""
+
+    tenant_id: TenantId = "local"

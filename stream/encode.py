@@ -97,3 +97,29 @@ def encode_batch(batch: Batch, flt: Filter, epoch: str) -> list[Outgoing]:
 def control(message: dict[str, Any]) -> Outgoing:
     """A message that is not part of the data (connected, pong, gap, ...)."""
     return Outgoing(str(message["type"]), orjson.dumps(message).decode())
+
+
+def _update(tree: dict[str, Any], newer: dict[str, Any]) -> None:
+    for key, value in newer.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _update(tree[key], value)
+        else:
+            tree[key] = value
+
+
+def merge_metrics(texts: list[str]) -> str:
+    """Consecutive `metrics` messages as one: the latest values, the deltas summed, the
+    last one's time, seq and cursor. `coalesced` says how many batches it holds."""
+    merged: dict[str, Any] = orjson.loads(texts[0])
+    merged.setdefault("coalesced", 1)
+    for text in texts[1:]:
+        message = orjson.loads(text)
+        _update(merged["data"], message["data"])
+        for source, deltas in message["deltas"].items():
+            target = merged["deltas"].setdefault(source, {})
+            for metric, delta in deltas.items():
+                target[metric] = number(target.get(metric, 0) + delta)
+        for key in ("timestamp", "seq", "cursor", "tenant_id", "tool_id", "session_id"):
+            merged[key] = message[key]
+        merged["coalesced"] += message.get("coalesced", 1)
+    return orjson.dumps(merged).decode()

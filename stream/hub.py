@@ -4,14 +4,25 @@ bytes put on every matching client's bounded queue. Nothing here ever awaits a c
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from schemas.tenants import DEFAULT_TENANT, StreamPolicy
 from stream.batches import Batch
-from stream.encode import Filter, Outgoing, encode_batch
+from stream.encode import Filter, Outgoing, encode_batch, merge_metrics
 
 DEFAULT_BUDGET_BYTES = 1024 * 1024
 DEFAULT_KEEPALIVE_SECONDS = 15.0
 FANOUT_TRACKED = 64  # batches whose fan-out is still being timed, at most
+PACE_BURST_SECONDS = 5.0  # a paced client may get this many seconds' worth at once
+
+
+def _unpaced(tenant_id: str) -> StreamPolicy:
+    return StreamPolicy(None, 0.0)
+
+
+def settings_tenant(flt: Filter) -> str:
+    """Whose settings govern a stream: its tenant filter's, else the default tenant's."""
+    return flt.tenant_id or DEFAULT_TENANT
 
 
 class Client:
@@ -21,11 +32,17 @@ class Client:
     connection then tells the client where to resume from (its last sent cursor) and
     closes. The client loses nothing: it resumes from the database. Slotted and with a
     waiter made only while waiting, because there is one of these per open connection.
+
+    Paced (its tenant's `max_events_per_minute`): `metrics` messages are sent at that rate
+    on average, from a bucket of a few seconds' worth; one that may not go yet absorbs
+    the next ones (latest values, summed deltas, the last cursor), so nothing is skipped,
+    only combined. Other messages are never held back.
     """
 
     __slots__ = (
         "filter", "start_seq", "sent_seq", "budget", "overflowed", "shutdown", "too_big",
-        "_ended", "_queue", "_bytes", "_waiter",
+        "refused", "rate", "burst", "_tokens", "_stamp", "_ended", "_queue", "_bytes",
+        "_waiter",
     )  # fmt: skip
 
     def __init__(self, flt: Filter, start_seq: int, budget: int) -> None:
@@ -36,10 +53,38 @@ class Client:
         self.overflowed = False
         self.shutdown = False
         self.too_big = False
+        self.refused: str | None = None  # the settings stopped its stream: why
+        self.rate = 0.0  # metrics messages per second; 0: unpaced
+        self.burst = 1.0
+        self._tokens = 1.0
+        self._stamp = 0.0
         self._ended = False
         self._queue: deque[Outgoing] = deque()
         self._bytes = 0
         self._waiter: asyncio.Future[None] | None = None
+
+    def pace(self, per_minute: float) -> None:
+        """Send at most `per_minute` metrics messages a minute on average (0: no limit)."""
+        self.rate = per_minute / 60
+        self.burst = max(1.0, round(self.rate * PACE_BURST_SECONDS))
+        self._tokens = min(self._tokens, self.burst) if self._stamp else self.burst
+        self._wake()
+
+    def _has_token(self, now: float) -> bool:
+        elapsed = now - self._stamp if self._stamp else 0.0
+        return min(self.burst, self._tokens + elapsed * self.rate) >= 1
+
+    def _token_wait(self, now: float) -> float:
+        """Seconds until a metrics message may go (0: now, and the token is taken)."""
+        if self.rate <= 0:
+            return 0.0
+        if self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
 
     @property
     def ended(self) -> bool:
@@ -58,6 +103,13 @@ class Client:
         """Queue a message without waiting; over budget, end the connection instead."""
         if self._ended:
             return
+        if self.rate > 0 and item.type == "metrics" and not self._has_token(time.monotonic()):
+            held = self._held_metrics()
+            if held is not None:  # one waits for its turn: it absorbs this one
+                old = self._queue[held]
+                item = Outgoing("metrics", merge_metrics([old.text, item.text]), item.seq)
+                del self._queue[held]
+                self._bytes -= len(old.text)
         size = len(item.text)
         if self._bytes + size > self.budget:
             self._queue.clear()
@@ -68,6 +120,17 @@ class Client:
         self._queue.append(item)
         self._bytes += size
         self._wake()
+
+    def _held_metrics(self) -> int | None:
+        for i, queued in enumerate(self._queue):
+            if queued.type == "metrics":
+                return i
+        return None
+
+    def end_for_policy(self, reason: str) -> None:
+        """The tenant's settings no longer allow this stream."""
+        self.refused = reason
+        self.end()
 
     def end_for_shutdown(self) -> None:
         self.shutdown = True
@@ -80,19 +143,36 @@ class Client:
 
     async def next(self) -> Outgoing | None:
         """The next message to send, or None once the connection is to end."""
-        while not self._queue:
+        while True:
             if self._ended:
                 return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if self._ended:
-            return None
-        item = self._queue.popleft()
-        self._bytes -= len(item.text)
-        return item
+            if not self._queue:
+                await self._sleep(None)
+                continue
+            index = 0
+            if self.rate > 0 and self._queue[0].type == "metrics":
+                wait = self._token_wait(time.monotonic())
+                if wait > 0:
+                    others = [i for i, q in enumerate(self._queue) if q.type != "metrics"]
+                    if not others:
+                        await self._sleep(wait)
+                        continue
+                    index = others[0]  # not held back behind a paced metrics message
+            item = self._queue[index]
+            del self._queue[index]
+            self._bytes -= len(item.text)
+            return item
+
+    async def _sleep(self, seconds: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, self._wake) if seconds is not None else None
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
 
 class Hub:
@@ -104,8 +184,10 @@ class Hub:
         position: int,
         budget: int = DEFAULT_BUDGET_BYTES,
         keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
+        policy: Callable[[str], StreamPolicy] = _unpaced,
     ) -> None:
         self.epoch = epoch
+        self.policy = policy  # the stream side of a tenant's settings
         self.position = position
         self.budget = budget
         self.keepalive_seconds = keepalive_seconds  # SSE comment lines while idle
@@ -123,12 +205,30 @@ class Hub:
         return sum(len(clients) for clients in self._by_filter.values())
 
     def add(self, flt: Filter) -> Client:
+        """Join a client (ended at once, with the reason, if its settings refuse it)."""
         client = Client(flt, self.position, self.budget)
         if self.closed:
             client.end_for_shutdown()
+        self._apply(client)
         self._by_filter.setdefault(flt, set()).add(client)
         self._emptied.clear()
         return client
+
+    def _apply(self, client: Client) -> None:
+        policy = self.policy(settings_tenant(client.filter))
+        if policy.refusal is not None:
+            client.end_for_policy(policy.refusal)
+        else:
+            client.pace(policy.per_minute)
+
+    def settings_changed(self, tenant_id: str) -> None:
+        """A tenant's settings changed: its streams end (if refused now) or re-pace."""
+        for clients in list(self._by_filter.values()):
+            for client in list(clients):
+                if settings_tenant(client.filter) == tenant_id:
+                    self._apply(client)
+                    if client.ended:
+                        self.remove(client)
 
     def remove(self, client: Client) -> None:
         clients = self._by_filter.get(client.filter)
@@ -145,6 +245,9 @@ class Hub:
         if client.ended:
             return
         client.filter = flt
+        self._apply(client)
+        if client.ended:
+            return
         self._by_filter.setdefault(flt, set()).add(client)
         self._emptied.clear()
 

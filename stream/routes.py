@@ -11,12 +11,14 @@ from typing import Annotated, cast
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.responses import Response
 
 from schemas.db import Database
+from schemas.http import error_response
 from schemas.models import StreamParams
 from stream.encode import Filter, Outgoing, control
-from stream.hub import Hub
-from stream.session import catch_up, open_session
+from stream.hub import Hub, settings_tenant
+from stream.session import catch_up, error, open_session
 
 SSE_RETRY_MS = 3000
 
@@ -28,14 +30,17 @@ def _filter(params: StreamParams) -> Filter:
 
 
 @router.get("/stream/metrics", response_class=StreamingResponse)
-async def sse_metrics(
-    request: Request, params: Annotated[StreamParams, Query()]
-) -> StreamingResponse:
-    """Live metrics as server-sent events; resumes from `since` or `Last-Event-ID`."""
+async def sse_metrics(request: Request, params: Annotated[StreamParams, Query()]) -> Response:
+    """Live metrics as server-sent events; resumes from `since` or `Last-Event-ID`.
+    403 while the tenant's settings turn streaming off."""
     hub, db = cast(Hub, request.state.hub), cast(Database, request.state.db)
+    flt = _filter(params)
+    refusal = hub.policy(settings_tenant(flt)).refusal
+    if refusal is not None:
+        return error_response(403, refusal)
     since = params.since or request.headers.get("last-event-id")
     return StreamingResponse(
-        _sse_events(db, hub, _filter(params), since),
+        _sse_events(db, hub, flt, since),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -72,6 +77,8 @@ async def _sse_events(
             if item_.seq is not None:
                 client.sent_seq = item_.seq
                 hub.sent(item_.seq)
+        if client.refused is not None:
+            yield _frame(error(client.refused), hub.epoch)
         if client.overflowed:
             cursor = f"{hub.epoch}:{client.sent_seq}"
             gap = control(

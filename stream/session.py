@@ -5,12 +5,11 @@ from dataclasses import dataclass
 from functools import partial
 
 from schemas.db import Database
-from schemas.tenants import TenantSettings, collection_interval, load_tenant_settings
 from schemas.times import rfc3339, utcnow
 from stream.batches import page_end, read_batches
 from stream.cursor import BadCursor, parse_cursor
 from stream.encode import Filter, Outgoing, control, encode_batch
-from stream.hub import Client, Hub
+from stream.hub import Client, Hub, settings_tenant
 
 
 @dataclass
@@ -46,8 +45,7 @@ async def _greet(
             resumed = True
         except BadCursor as exc:
             resumed, resume_error = False, str(exc)
-    settings = await db.read(load_tenant_settings)
-    interval = collection_interval(settings.get(flt.tenant_id or "local", TenantSettings()))
+    interval = hub.policy(settings_tenant(flt)).interval_seconds
     message = {
         "type": "connected",
         "message": greeting,

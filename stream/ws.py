@@ -20,7 +20,7 @@ from schemas.http import describe_errors
 from schemas.messages import ClientMessage, Ping
 from schemas.models import StreamParams
 from stream.encode import Filter, control
-from stream.hub import Client, Hub
+from stream.hub import Client, Hub, settings_tenant
 from stream.session import Session, catch_up, error, open_session
 
 Scope = dict[str, Any]
@@ -49,6 +49,10 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": 1008, "reason": reason})
         return
     flt = Filter(params.tenant_id, params.tool_id, params.session_id)
+    refusal = hub.policy(settings_tenant(flt)).refusal
+    if refusal is not None:  # accepted first, so a browser can show the reason
+        await send({"type": "websocket.close", "code": 1008, "reason": refusal})
+        return
     session = await open_session(db, hub, flt, params.since, "WebSocket connection established")
     client = session.client
     sender = asyncio.create_task(_send_all(send, db, hub, session))
@@ -88,6 +92,8 @@ def _close_reason(client: Client, epoch: str) -> tuple[int, str] | None:
     cursor = f"{epoch}:{client.sent_seq}"
     if client.overflowed:
         return SLOW_CONSUMER_CODE, f"slow consumer; resume from {cursor}"
+    if client.refused is not None:
+        return 1008, client.refused
     if client.shutdown:
         return 1001, f"server shutting down; resume from {cursor}"
     if client.too_big:

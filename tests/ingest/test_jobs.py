@@ -8,7 +8,7 @@ import orjson
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings, SourceConfig
 from schemas.db import Database
-from schemas.tenants import TenantSettings
+from schemas.tenants import SettingsUpdate
 from tests.helpers import Reply, Upstream, serve, wait_for
 
 
@@ -20,7 +20,7 @@ def test_scheduler_collects_once_per_tick_per_source(tmp_path: Path, upstream: U
         SourceConfig(name="c", url=upstream.script("/c", Reply(body=body)), tenant_id="acme"),
     ]
     config = Config(
-        sources=sources, tenants={"acme": TenantSettings(collection_interval_seconds=2)}
+        sources=sources, tenants={"acme": SettingsUpdate(collection_interval_seconds=2)}
     )
     path = tmp_path / "jobs.duckdb"
     with serve(create_app(Settings(db=path), config)) as base:

@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
+from schemas.tenants import SettingsUpdate
 from tests.helpers import StalledWebSocket, serve
 from tests.stream.conftest import recv_type
 
@@ -66,7 +67,9 @@ async def run_phase(
 
 async def test_stalled_client_slows_no_one_and_loses_nothing(tmp_path: Path) -> None:
     settings = Settings(db=tmp_path / "slow.duckdb", stream_queue_bytes=BUDGET)
-    app = create_app(settings, Config(sources=[]))
+    # Every batch on its own: a cap far above the push rate (the default coalesces).
+    unpaced = {"local": SettingsUpdate(max_events_per_minute=1_000_000)}
+    app = create_app(settings, Config(sources=[], tenants=unpaced))
     with serve(app) as base:
         ws_url = base.replace("http", "ws") + "/ws/metrics"
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
