@@ -16,6 +16,8 @@ from ingest.collector import Collector, http_client
 from ingest.jobs import CollectionJobs
 from ingest.routes import router as ingest_router
 from ingest.writer import Writer
+from omnimetrics.dashboard import router as dashboard_router
+from omnimetrics.dashboard import static_files
 from omnimetrics.health import router as health_router
 from omnimetrics.settings import Config, Settings, load_config, sources_for
 from omnimetrics.tenant_settings import router as settings_router
@@ -182,5 +184,7 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
     app.include_router(legacy_router)
     app.include_router(stream_router)
     app.include_router(settings_router)
+    app.include_router(dashboard_router)
+    app.mount("/static", static_files, name="static")
     app.state.drain = drain
     return App(app)

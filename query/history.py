@@ -61,6 +61,9 @@ ORDER BY k.b{"".join(f", g.{c} NULLS FIRST" for c in labels)}
 """
 
 
+HEAD = "SELECT coalesce(max(seq), 0) FROM samples"
+
+
 def increase_table(
     cur: duckdb.DuckDBPyConnection,
     filters: SampleFilters,
@@ -70,6 +73,19 @@ def increase_table(
     step: int,
 ) -> pa.Table:
     """The increase per bucket of `step` seconds in [start, end), in one snapshot."""
+    return increase_snapshot(cur, filters, labels, start, end, step)[0]
+
+
+def increase_snapshot(
+    cur: duckdb.DuckDBPyConnection,
+    filters: SampleFilters,
+    labels: list[str],
+    start: datetime,
+    end: datetime,
+    step: int,
+) -> tuple[pa.Table, int]:
+    """`increase_table`, and the last seq of the snapshot it was computed from: a stream
+    resumed from that seq extends the answer with no gap and no duplicate."""
     cond, args = where(filters)
     lo, hi = start.timestamp(), end.timestamp()
     args.update(step=step, first=int(lo) // step, last=-(-int(hi * 1e6) // (step * 1_000_000)) - 1)
@@ -96,6 +112,7 @@ def increase_table(
         for name in unused:
             args.pop(name, None)
         table: pa.Table = cur.sql(increase_sql(cond, labels, parts), params=args).to_arrow_table()
-        return table
+        (head,) = cur.execute(HEAD).fetchall()[0]
+        return table, int(head)
     finally:
         cur.commit()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from query.formats import encode, negotiate
-from query.history import increase_table
+from query.history import HEAD, increase_snapshot
 from query.sql import latest_sql, series_sql, where
 from schemas.db import Database
 from schemas.http import error_response
@@ -23,11 +23,35 @@ MAX_BUCKETS = 10_000
 router = APIRouter(prefix="/api/v1")
 
 
+CURSOR_HEADER = "X-Omnimetrics-Cursor"
+
+
 async def _table(request: Request, sql: str, args: dict[str, Any]) -> pa.Table:
     def run(cur: duckdb.DuckDBPyConnection) -> pa.Table:
         return cur.sql(sql, params=args).to_arrow_table()
 
     return await cast(Database, request.state.db).read(run)
+
+
+async def _snapshot(request: Request, sql: str, args: dict[str, Any]) -> tuple[pa.Table, int]:
+    """The answer and the last seq of the snapshot it was read from."""
+
+    def run(cur: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int]:
+        cur.begin()
+        try:
+            table = cur.sql(sql, params=args).to_arrow_table()
+            (head,) = cur.execute(HEAD).fetchall()[0]
+            return table, int(head)
+        finally:
+            cur.commit()
+
+    return await cast(Database, request.state.db).read(run)
+
+
+def _with_cursor(response: Response, request: Request, head: int) -> Response:
+    """Where a stream resumed from extends this answer exactly (`since=` that cursor)."""
+    response.headers[CURSOR_HEADER] = f"{cast(Database, request.state.db).epoch}:{head}"
+    return response
 
 
 def _format(request: Request, params: SampleFilters) -> str:
@@ -55,8 +79,9 @@ async def series(request: Request, params: Annotated[SeriesParams, Query()]) -> 
 async def latest(request: Request, params: Annotated[LatestParams, Query()]) -> Response:
     """The latest sample of every series that matches the filters."""
     cond, args = where(params)
-    table = await _table(request, latest_sql(cond), args)
-    return encode(table, _format(request, params), lambda rows: {"series": rows}, "latest")
+    table, head = await _snapshot(request, latest_sql(cond), args)
+    response = encode(table, _format(request, params), lambda rows: {"series": rows}, "latest")
+    return _with_cursor(response, request, head)
 
 
 @router.get("/increase")
@@ -76,8 +101,8 @@ async def increase(request: Request, params: Annotated[IncreaseParams, Query()])
         n = last - first + 1
         return error_response(422, f"{n} buckets of {params.step}: at most {MAX_BUCKETS}")
     db = cast(Database, request.state.db)
-    table = await db.read(partial(increase_table, filters=params, labels=labels,
-                                  start=start, end=end, step=step))  # fmt: skip
+    table, head = await db.read(partial(increase_snapshot, filters=params, labels=labels,
+                                        start=start, end=end, step=step))  # fmt: skip
 
     def as_json(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -89,4 +114,5 @@ async def increase(request: Request, params: Annotated[IncreaseParams, Query()])
             "total": sum(row["value"] for row in rows),
         }
 
-    return encode(table, _format(request, params), as_json, "increase")
+    response = encode(table, _format(request, params), as_json, "increase")
+    return _with_cursor(response, request, head)

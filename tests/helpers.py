@@ -101,9 +101,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 @contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run `app` under a real uvicorn server on a free port; yields its base URL."""
-    server = build_server(app, "127.0.0.1", 0, "warning", signals=False)
+def serve(app: Any, port: int = 0) -> Iterator[str]:
+    """Run `app` under a real uvicorn server (on a free port by default); yields its URL."""
+    server = build_server(app, "127.0.0.1", port, "warning", signals=False)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive(), timeout=20)

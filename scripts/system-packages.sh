@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# What the browser and JavaScript tests need from the system: Chromium (Playwright drives
+# it; no browser download) and Node.js (its built-in test runner). Installs what is
+# missing with apt-get, as root or through sudo; anything else is one clear error.
+set -euo pipefail
+
+chromium="${OMNIMETRICS_CHROMIUM:-/usr/bin/chromium}"
+missing=()
+[ -x "$chromium" ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "the tests need ${missing[*]}: install them (or set OMNIMETRICS_CHROMIUM to a Chromium binary)" >&2
+    exit 2
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+        echo "the tests need ${missing[*]}: run 'apt-get install ${missing[*]}' as root" >&2
+        exit 2
+    fi
+fi
+echo "installing ${missing[*]} (apt-get)"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
