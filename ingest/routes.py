@@ -4,14 +4,16 @@ It reads the writer from the lifespan state (`request.state`), which
 the composition root fills.
 """
 
+from collections import Counter
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
-from ingest.push import MAX_BODY_BYTES as PUSH_MAX_BODY_BYTES
+from ingest.limits import EventBudget, OverLimit
 from ingest.push import BodyTooLarge, InvalidBody, event_rows, parse_events, read_capped
 from ingest.writer import Writer
+from schemas.auth import AuthError, Principal
 from schemas.http import error_response, validation_error_response
 from schemas.models import IngestAccepted, IngestBatch, IngestEvent, NoParams
 from schemas.times import utcnow
@@ -40,21 +42,52 @@ _INGEST_BODY = {
     status_code=202,
     response_model=IngestAccepted,
     openapi_extra=_INGEST_BODY,
-    responses={413: {"description": "body over 10 MiB"}, 422: {"description": "invalid"}},
+    responses={
+        403: {"description": "an event names another tenant than the credential's"},
+        413: {"description": "body over the limit (10 MiB by default)"},
+        422: {"description": "invalid, or too many events in one request"},
+        429: {"description": "over the tenant's events per minute (see Retry-After)"},
+    },
 )
 async def ingest(request: Request, params: Annotated[NoParams, Query()]) -> Any:
     """Push samples. All or nothing; answered only once the events are committed."""
     writer = cast(Writer, request.state.writer)
+    budget = cast(EventBudget, request.state.ingest_budget)
+    limit = cast(int, request.state.max_body_bytes)
     try:
-        body = await read_capped(
-            request.stream(), request.headers.get("content-length"), PUSH_MAX_BODY_BYTES
-        )
+        body = await read_capped(request.stream(), request.headers.get("content-length"), limit)
         events = parse_events(body)
     except BodyTooLarge:
-        return error_response(413, f"body is over the {PUSH_MAX_BODY_BYTES}-byte limit")
+        return error_response(413, f"body is over the {limit}-byte limit")
     except InvalidBody as exc:
         return error_response(422, str(exc))
     except ValidationError as exc:
         return validation_error_response(exc.errors())
+    if len(events) > budget.per_request:
+        return error_response(
+            422, f"events: {len(events)} in one request, at most {budget.per_request}"
+        )
+    principal = cast(Principal | None, getattr(request.state, "principal", None))
+    if principal is not None:
+        try:
+            events = own_tenant(events, principal.tenant_id)
+        except AuthError as exc:
+            return error_response(exc.status, exc.reason)
+    try:
+        for tenant_id, n in Counter(e.tenant_id for e in events).items():
+            budget.take(tenant_id, n)
+    except OverLimit as exc:
+        return error_response(429, exc.reason, None, **{"Retry-After": str(exc.retry_after)})
     await writer.append_events(event_rows(events, utcnow()))
     return IngestAccepted(accepted=len(events), seq=writer.last_seq)
+
+
+def own_tenant(events: list[IngestEvent], tenant_id: str) -> list[IngestEvent]:
+    """Events as the credential's tenant sends them: its tenant where none is named, and
+    AuthError (403) for one that names another."""
+    out = []
+    for event in events:
+        if "tenant_id" in event.model_fields_set and event.tenant_id != tenant_id:
+            raise AuthError(403, f"tenant_id: this credential is for {tenant_id!r} only")
+        out.append(event.model_copy(update={"tenant_id": tenant_id}))
+    return out

@@ -11,18 +11,22 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.middleware.cors import CORSMiddleware
 
 from ingest.collector import Collector, http_client
 from ingest.jobs import CollectionJobs
+from ingest.limits import EventBudget
 from ingest.routes import router as ingest_router
 from ingest.writer import Writer
 from omnimetrics.dashboard import router as dashboard_router
 from omnimetrics.dashboard import static_files
+from omnimetrics.guard import Guard
 from omnimetrics.health import router as health_router
 from omnimetrics.settings import Config, Settings, load_config, sources_for
 from omnimetrics.tenant_settings import router as settings_router
 from query.legacy_routes import router as legacy_router
 from query.mirror import export_new, keep_mirror, mirror_dir
+from query.routes import CURSOR_HEADER
 from query.routes import router as query_router
 from schemas.db import Database
 from schemas.http import JSONResponse, validation_error_response
@@ -34,7 +38,7 @@ from schemas.tenants import (
     load_tenant_settings,
 )
 from schemas.times import utcnow
-from stream.hub import Hub
+from stream.hub import Hub, StreamLimits
 from stream.routes import router as stream_router
 from stream.tail import Tail
 from stream.ws import PATH as WS_PATH
@@ -64,13 +68,36 @@ class App:
     (lifespan included) to FastAPI. A WebSocket is held for hours, and the framework's
     middleware would stay suspended on its stack all that time (stream/ws.py)."""
 
-    def __init__(self, api: FastAPI) -> None:
+    def __init__(self, api: FastAPI, settings: Settings) -> None:
         self.api = api
         self.state = api.state
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self.guard = Guard(api, secret=secret, allowed_origins=settings.origins(),
+                           max_body_bytes=settings.max_body_bytes)  # fmt: skip
+        self.http: Any = self.guard
+        origins = settings.origins()
+        if origins:  # without any, browsers keep to the same origin (no CORS headers)
+            self.http = CORSMiddleware(
+                self.guard,
+                allow_origins=origins,
+                allow_credentials="*" not in origins,  # never "*" with credentials
+                allow_methods=["GET", "PUT", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                expose_headers=[CURSOR_HEADER],
+                max_age=600,
+            )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and scope["path"] == WS_PATH:
-            await ws_metrics(scope, receive, send)
+        if scope["type"] == "websocket":
+            checked = await self.guard.websocket(scope, receive, send)
+            if checked is None:
+                return
+            if checked["path"] == WS_PATH:
+                await ws_metrics(dict(checked), receive, send)
+                return
+            await self.api(checked, receive, send)
+        elif scope["type"] == "http":
+            await self.http(scope, receive, send)
         else:
             await self.api(scope, receive, send)
 
@@ -147,6 +174,11 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
                 budget=settings.stream_queue_bytes,
                 keepalive_seconds=settings.sse_keepalive_seconds,
                 policy=tenants.policy,
+                limits=StreamLimits(
+                    settings.max_streams,
+                    settings.max_streams_per_tenant,
+                    settings.new_streams_per_second,
+                ),  # fmt: skip
             )
             stack.callback(hub.close)
             tail = Tail(db, hub)
@@ -164,8 +196,11 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
             jobs.start()
             stack.push_async_callback(jobs.stop)
             stack.callback(tenants.subscribe(partial(_follow_settings, jobs, hub)))
+            budget = EventBudget(settings.max_events_per_request,
+                                 settings.max_ingest_events_per_minute)  # fmt: skip
             yield {"db": db, "writer": writer, "collector": collector, "signal": signal,
-                   "jobs": jobs, "hub": hub, "tenants": tenants}  # fmt: skip
+                   "jobs": jobs, "hub": hub, "tenants": tenants, "ingest_budget": budget,
+                   "max_body_bytes": settings.max_body_bytes}  # fmt: skip
 
     app = FastAPI(
         title="omnimetrics",
@@ -187,4 +222,4 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
     app.include_router(dashboard_router)
     app.mount("/static", static_files, name="static")
     app.state.drain = drain
-    return App(app)
+    return App(app, settings)

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import ssl
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo", action="store_true", default=None, help="also run simulated upstreams"
     )
+    serve.add_argument("--ssl-certfile", type=Path, help="serve https:// and wss:// (PEM)")
+    serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     export_ = commands.add_parser("export", help="write samples as Parquet partitioned by day")
     export_.add_argument("--from", dest="start", required=True, type=_time, help="RFC 3339")
     export_.add_argument("--to", dest="end", required=True, type=_time, help="RFC 3339")
@@ -98,7 +101,13 @@ async def _serve(settings: Settings, config: Config) -> None:
         await asyncio.sleep(0.05)
     app = create_app(settings, config)
     main = build_server(
-        app, settings.host, settings.port, log_level, send_buffer=settings.socket_send_buffer_bytes
+        app,
+        settings.host,
+        settings.port,
+        log_level,
+        send_buffer=settings.socket_send_buffer_bytes,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
     )
     try:
         await main.serve()
@@ -117,6 +126,18 @@ def _check_database(settings: Settings) -> None:
         fail(f"cannot open database {settings.db}: {first_line}")
 
 
+def _check_tls(settings: Settings) -> None:
+    """A certificate and key that do not load are one line, not a traceback later."""
+    if settings.ssl_certfile is None or settings.ssl_keyfile is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.ssl_certfile, settings.ssl_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        fail(f"cannot load TLS certificate/key: {exc}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "export":
@@ -131,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         fail(str(exc))
     _check_database(settings)
+    _check_tls(settings)
     asyncio.run(_serve(settings, config))
     return 0
 

@@ -3,6 +3,7 @@
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -61,11 +62,15 @@ def build_server(
     *,
     signals: bool = True,
     send_buffer: int = DEFAULT_SEND_BUFFER_BYTES,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
 ) -> Server:
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
         log_level=log_level,
         lifespan="on",
         ws_max_size=MAX_MESSAGE_BYTES,  # larger frames are closed with 1009

@@ -4,7 +4,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.sources import Source
@@ -37,6 +45,32 @@ class Settings(BaseSettings):
     export_interval_seconds: Annotated[float, Field(gt=0, le=55)] = 30.0
     rollup_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # Auth (SECURITY.md): off unless a secret is set; then every route but /health and
+    # the dashboard's static files needs `Authorization: Bearer <HS256 JWT>`.
+    jwt_secret: Annotated[SecretStr, Field(min_length=32)] | None = None
+    # Browser origins allowed for CORS and WebSocket `Origin`, comma-separated; empty
+    # means same origin only. "*" allows any origin, but then never with credentials.
+    allowed_origins: str = ""
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    # Limits (each a 4xx/1013 with a reason and a retry hint when exceeded).
+    max_streams: Annotated[int, Field(ge=1)] = 10_000
+    max_streams_per_tenant: Annotated[int, Field(ge=1)] = 5_000
+    new_streams_per_second: Annotated[float, Field(gt=0)] = 500.0
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 10 * 1024 * 1024
+    max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    max_ingest_events_per_minute: Annotated[int, Field(ge=1)] = 1_000_000
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "Settings":
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: give both or neither")
+        return self
+
+    def origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
 
 
 class SourceConfig(BaseModel):

@@ -6,7 +6,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 from schemas.rows import Kind
 
-MAX_EVENTS_PER_REQUEST = 10_000
+MAX_EVENTS_PER_REQUEST = 100_000  # the hard cap; the configured limit is lower
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 TenantId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]

@@ -3,8 +3,9 @@ bytes put on every matching client's bounded queue. Nothing here ever awaits a c
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from schemas.tenants import DEFAULT_TENANT, StreamPolicy
 from stream.batches import Batch
@@ -175,6 +176,14 @@ class Client:
                 timer.cancel()
 
 
+class StreamLimits(NamedTuple):
+    """Open streams in all and per tenant, and new ones per second (a bucket of 1 s)."""
+
+    total: int = 10_000
+    per_tenant: int = 5_000
+    per_second: float = 500.0
+
+
 class Hub:
     """Who watches what, and the position up to which batches have been handed out."""
 
@@ -185,9 +194,15 @@ class Hub:
         budget: int = DEFAULT_BUDGET_BYTES,
         keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
         policy: Callable[[str], StreamPolicy] = _unpaced,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.epoch = epoch
         self.policy = policy  # the stream side of a tenant's settings
+        self.limits = limits or StreamLimits()
+        self._per_tenant: Counter[str] = Counter()
+        self._count = 0
+        self._new_tokens = self.limits.per_second
+        self._new_stamp = time.monotonic()
         self.position = position
         self.budget = budget
         self.keepalive_seconds = keepalive_seconds  # SSE comment lines while idle
@@ -202,7 +217,24 @@ class Hub:
         self._pending: dict[int, list[float]] = {}
 
     def __len__(self) -> int:
-        return sum(len(clients) for clients in self._by_filter.values())
+        return self._count
+
+    def admit(self, tenant_id: str) -> tuple[str, int] | None:
+        """None if one more stream of the tenant may open now; else why not, and after
+        how many seconds to try again."""
+        now = time.monotonic()
+        rate = self.limits.per_second
+        self._new_tokens = min(rate, self._new_tokens + (now - self._new_stamp) * rate)
+        self._new_stamp = now
+        if self._count >= self.limits.total:
+            return f"too many open streams (limit {self.limits.total}); retry later", 10
+        if self._per_tenant[tenant_id] >= self.limits.per_tenant:
+            limit = self.limits.per_tenant
+            return f"too many open streams for tenant {tenant_id!r} (limit {limit})", 10
+        if self._new_tokens < 1:
+            return f"too many new streams (limit {rate:g} a second); retry shortly", 1
+        self._new_tokens -= 1
+        return None
 
     def add(self, flt: Filter) -> Client:
         """Join a client (ended at once, with the reason, if its settings refuse it)."""
@@ -210,9 +242,14 @@ class Hub:
         if self.closed:
             client.end_for_shutdown()
         self._apply(client)
-        self._by_filter.setdefault(flt, set()).add(client)
-        self._emptied.clear()
+        self._join(client)
         return client
+
+    def _join(self, client: Client) -> None:
+        self._by_filter.setdefault(client.filter, set()).add(client)
+        self._per_tenant[settings_tenant(client.filter)] += 1
+        self._count += 1
+        self._emptied.clear()
 
     def _apply(self, client: Client) -> None:
         policy = self.policy(settings_tenant(client.filter))
@@ -232,8 +269,10 @@ class Hub:
 
     def remove(self, client: Client) -> None:
         clients = self._by_filter.get(client.filter)
-        if clients is not None:
+        if clients is not None and client in clients:
             clients.discard(client)
+            self._per_tenant[settings_tenant(client.filter)] -= 1
+            self._count -= 1
             if not clients:
                 del self._by_filter[client.filter]
         if not self._by_filter:
@@ -248,8 +287,7 @@ class Hub:
         self._apply(client)
         if client.ended:
             return
-        self._by_filter.setdefault(flt, set()).add(client)
-        self._emptied.clear()
+        self._join(client)
 
     def dispatch(
         self, batches: Iterable[Batch], upto: int, committed_at: float | None = None

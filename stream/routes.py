@@ -38,6 +38,10 @@ async def sse_metrics(request: Request, params: Annotated[StreamParams, Query()]
     refusal = hub.policy(settings_tenant(flt)).refusal
     if refusal is not None:
         return error_response(403, refusal)
+    full = hub.admit(settings_tenant(flt))
+    if full is not None:
+        reason, retry = full
+        return error_response(503, reason, None, **{"Retry-After": str(retry)})
     since = params.since or request.headers.get("last-event-id")
     return StreamingResponse(
         _sse_events(db, hub, flt, since),

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import TypeAdapter, ValidationError
 
+from schemas.auth import Principal
 from schemas.db import Database
 from schemas.http import describe_errors
 from schemas.messages import ClientMessage, Ping
@@ -30,6 +31,7 @@ Send = Any
 PATH = "/ws/metrics"
 MAX_MESSAGE_BYTES = 64 * 1024
 SLOW_CONSUMER_CODE = 4008
+TRY_AGAIN_LATER = 1013
 SENDER_WAIT_SECONDS = 2.0
 
 _client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
@@ -53,11 +55,18 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
     if refusal is not None:  # accepted first, so a browser can show the reason
         await send({"type": "websocket.close", "code": 1008, "reason": refusal})
         return
+    full = hub.admit(settings_tenant(flt))
+    if full is not None:
+        reason, retry = full
+        await send({"type": "websocket.close", "code": TRY_AGAIN_LATER,
+                    "reason": f"{reason} (retry after {retry} s)"})  # fmt: skip
+        return
+    principal: Principal | None = scope["state"].get("principal")
     session = await open_session(db, hub, flt, params.since, "WebSocket connection established")
     client = session.client
     sender = asyncio.create_task(_send_all(send, db, hub, session))
     try:
-        await _receive_all(receive, hub, client)
+        await _receive_all(receive, hub, client, principal)
     finally:
         client.end()
         hub.remove(client)
@@ -101,7 +110,9 @@ def _close_reason(client: Client, epoch: str) -> tuple[int, str] | None:
     return None
 
 
-async def _receive_all(receive: Receive, hub: Hub, client: Client) -> None:
+async def _receive_all(
+    receive: Receive, hub: Hub, client: Client, principal: Principal | None
+) -> None:
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
@@ -113,10 +124,10 @@ async def _receive_all(receive: Receive, hub: Hub, client: Client) -> None:
             client.too_big = True
             client.end()
         else:
-            _handle(text, hub, client)
+            _handle(text, hub, client, principal)
 
 
-def _handle(text: str, hub: Hub, client: Client) -> None:
+def _handle(text: str, hub: Hub, client: Client, principal: Principal | None) -> None:
     try:
         message = _client_message.validate_json(text)
     except ValidationError as exc:
@@ -125,6 +136,13 @@ def _handle(text: str, hub: Hub, client: Client) -> None:
     if isinstance(message, Ping):
         client.offer(control({"type": "pong"}))
         return
-    flt = Filter(message.tenant_id, message.tool_id, message.session_id)
+    tenant_id = message.tenant_id
+    if principal is not None:  # the credential's tenant, never another
+        if tenant_id not in (None, principal.tenant_id):
+            reason = f"tenant_id: this credential is for {principal.tenant_id!r} only"
+            client.end_for_policy(reason)
+            return
+        tenant_id = principal.tenant_id
+    flt = Filter(tenant_id, message.tool_id, message.session_id)
     hub.move(client, flt)
     client.offer(control({"type": "subscribed", **flt._asdict()}))
