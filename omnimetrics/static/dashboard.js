@@ -42,6 +42,26 @@ const state = {
 let stream = null;
 let generation = 0;
 
+// With auth on, a credential (a JWT): from the address (`/#token=...`, then removed from
+// it) or from this tab's session storage; sent as a bearer header, and on the stream.
+const TOKEN_KEY = "omnimetrics-token";
+let token = null;
+
+class Unauthorized extends Error {}
+
+function takeToken() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) {
+    sessionStorage.setItem(TOKEN_KEY, fromHash);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  token = sessionStorage.getItem(TOKEN_KEY);
+}
+
+function authHeaders() {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 function query(extra = {}) {
   const params = new URLSearchParams();
   for (const [key, value] of Object.entries({ ...state.filters, ...extra })) {
@@ -51,7 +71,8 @@ function query(extra = {}) {
 }
 
 async function getJSON(path) {
-  const response = await fetch(path);
+  const response = await fetch(path, { headers: authHeaders() });
+  if (response.status === 401) throw new Unauthorized((await response.json()).error);
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     throw new Error(body.error ?? `${path}: HTTP ${response.status}`);
@@ -128,7 +149,7 @@ async function load() {
   state.lastSeq = seqOf(since);
   state.loads += 1;
   if (stream) stream.reconnect({ filters: state.filters, cursor: since });
-  else stream = connect(state.filters, onMessage, { cursor: since, onStatus });
+  else stream = connect(state.filters, onMessage, { cursor: since, onStatus, token });
   render();
 }
 
@@ -305,10 +326,11 @@ async function applyFilters() {
   await Promise.all([load(), loadSettings()]);
 }
 
-const settingsTenant = () => state.filters.tenant_id || "local";
+// Without a tenant filter, the server's own choice: `local`, or the credential's tenant.
+const settingsQuery = () => (state.filters.tenant_id ? `?tenant_id=${encodeURIComponent(state.filters.tenant_id)}` : "");
 
 async function loadSettings() {
-  const { body } = await getJSON(`/settings?tenant_id=${encodeURIComponent(settingsTenant())}`);
+  const { body } = await getJSON(`/settings${settingsQuery()}`);
   state.settings = body.settings;
   document.getElementById("settings-tenant").textContent = `(${body.tenant_id})`;
   document.getElementById("profile").value = body.settings.performance_profile;
@@ -317,9 +339,9 @@ async function loadSettings() {
 
 async function putSettings(change) {
   const message = document.getElementById("settings-message");
-  const response = await fetch(`/settings?tenant_id=${encodeURIComponent(settingsTenant())}`, {
+  const response = await fetch(`/settings${settingsQuery()}`, {
     method: "PUT",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...authHeaders() },
     body: JSON.stringify(change),
   });
   const body = await response.json();
@@ -335,10 +357,28 @@ async function putSettings(change) {
 }
 
 function showError(error) {
+  if (error instanceof Unauthorized) {
+    const login = document.getElementById("login");
+    login.hidden = false;
+    document.getElementById("login-message").textContent = error.message;
+    return;
+  }
   document.getElementById("settings-message").textContent = String(error.message ?? error);
 }
 
 function start() {
+  takeToken();
+  document.getElementById("login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = new FormData(event.target).get("token").trim();
+    if (!value) return;
+    sessionStorage.setItem(TOKEN_KEY, value);
+    token = value;
+    event.target.hidden = true;
+    if (stream) stream.close();
+    stream = null;
+    applyFilters().catch(showError);
+  });
   const params = new URLSearchParams(location.search);
   const form = document.getElementById("filters");
   for (const key of ["tenant_id", "tool_id", "session_id"]) form.elements[key].value = params.get(key) ?? "";

@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings, SourceConfig
+from schemas.auth import issue
 from tests.helpers import Reply, Upstream, free_port, serve, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,7 +169,7 @@ def test_a_filter_changes_what_is_shown_without_a_reload(page: Watched, tmp_path
         wait_for(lambda: page.tile("tokens_saved") == "205")
         page.page.evaluate("window.__still_the_same_page = true")
         page.page.fill("input[name=tool_id]", "a")
-        page.page.click("button[type=submit]")
+        page.page.click("#filters button[type=submit]")
         wait_for(lambda: page.tile("tokens_saved") == "5")
         assert page.page.evaluate("window.__still_the_same_page") is True
         assert "tool_id=a" in page.page.url
@@ -210,3 +211,32 @@ def test_the_settings_panel_slows_and_stops_the_stream(
         page.page.check("#streaming")
         wait_for(lambda: page.connection() == "live")
     assert page.problems == []
+
+
+def test_the_dashboard_takes_a_token_when_auth_is_on(page: Watched, tmp_path: Path) -> None:
+    secret = "a-dashboard-secret-that-is-long-enough-42"
+    settings = Settings(db=tmp_path / "a.duckdb", jwt_secret=secret)
+    expires = int(time.time()) + 3600
+    writer = {"Authorization": f"Bearer {issue(secret, 'acme', ['write'], expires)}"}
+    reader = issue(secret, "acme", ["read", "admin"], expires)
+    with serve(create_app(settings, Config(sources=[]))) as base:
+        for value in (100, 160):
+            body = {"source": "compression", "kind": "counter",
+                    "metrics": {"metrics.total_tokens_saved": value}}  # fmt: skip
+            assert httpx.post(f"{base}/ingest", json=body, headers=writer).status_code == 202
+        # Without a token the page asks for one...
+        page.page.goto(base + "/")
+        page.page.wait_for_selector("#login:not([hidden])")
+        assert "credential is required" in page.page.inner_text("#login-message")
+        page.page.fill("#login input[name=token]", reader)
+        page.page.click("#login button")
+        wait_for(lambda: page.connection() == "live")
+        wait_for(lambda: page.tile("tokens_saved") == "60")
+        assert page.page.inner_text("#settings-tenant") == "(acme)"
+        # ...and takes one from its address too, without keeping it there.
+        fresh = page.page.context.new_page()
+        fresh.goto(f"{base}/#token={reader}")
+        wait_for(lambda: fresh.inner_text("#tile-tokens_saved .value") == "60")
+        assert "token" not in fresh.url
+    unauthorized = [p for p in page.problems if "401" not in p]
+    assert unauthorized == []
