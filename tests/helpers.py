@@ -1,5 +1,6 @@
 """Real things for tests: a scripted HTTP upstream, a uvicorn server on a free port."""
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -101,10 +102,21 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 @contextlib.contextmanager
-def serve(app: Any, port: int = 0) -> Iterator[str]:
-    """Run `app` under a real uvicorn server (on a free port by default); yields its URL."""
+def serve(app: Any, port: int = 0, loops: list[Any] | None = None) -> Iterator[str]:
+    """Run `app` under a real uvicorn server (on a free port by default); yields its URL.
+    `loops`, if given, receives the server's event loop (to look at its tasks)."""
     server = build_server(app, "127.0.0.1", port, "warning", signals=False)
-    thread = threading.Thread(target=server.run, daemon=True)
+
+    def run() -> None:
+        async def main() -> None:
+            if loops is not None:
+                loops.append(asyncio.get_running_loop())
+            await server.serve()
+
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive(), timeout=20)
     if not server.started:

@@ -95,9 +95,12 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def start(
-    procs: list[subprocess.Popen[bytes]], *args: str, env: dict[str, str] | None = None
+    procs: list[subprocess.Popen[bytes]],
+    *args: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> int:
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [*EXE, "serve", "--port", str(port), *args],
         env={**os.environ, **(env or {})},
@@ -206,3 +209,49 @@ def test_kill_9_loses_nothing_committed_and_never_reuses_seq(
     # Collection resumed after the restart, with seq numbers above everything before.
     max_before = max(s["seq"] for s in before)
     assert any(s["seq"] > max_before and s["source"] == "up" for s in after)
+
+
+def test_kill_9_during_pushes_with_retries_stores_every_event_exactly_once(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    db, config = str(tmp_path / "retry.duckdb"), tmp_path / "none.toml"
+    config.write_text("sources = []\n")
+    port = start(processes, "--config", str(config), "--db", db)
+    base = f"http://127.0.0.1:{port}"
+    workers, per_worker = 4, 150
+    acknowledged: list[str] = []
+    retries = [0]
+
+    def pusher(worker: int) -> None:
+        """Each event until it is answered 202, the same event_id every time."""
+        with httpx.Client(timeout=2) as client:
+            for i in range(per_worker):
+                event_id = f"w{worker}-{i}"
+                body = {"source": "pusher", "kind": "delta", "session_id": event_id,
+                        "event_id": event_id, "metrics": {"n": 1}}  # fmt: skip
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    try:
+                        if client.post(f"{base}/ingest", json=body).status_code == 202:
+                            acknowledged.append(event_id)
+                            break
+                    except httpx.HTTPError:
+                        pass  # the server is gone for now, or the answer was lost
+                    retries[0] += 1
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=pusher, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(acknowledged) > 100, timeout=30)
+    processes[-1].send_signal(signal.SIGKILL)
+    processes[-1].wait(timeout=10)
+    start(processes, "--config", str(config), "--db", db, port=port)
+    for thread in threads:
+        thread.join(timeout=90)
+    assert retries[0] > 0, "the kill interrupted no push"
+    assert len(acknowledged) == workers * per_worker
+    samples = httpx.get(f"{base}/api/v1/series", params={"source": "pusher", "limit": 100_000,
+                        "from": "2000-01-01T00:00:00Z"}).json()["samples"]  # fmt: skip
+    stored = [s["session_id"] for s in samples]
+    assert sorted(stored) == sorted(acknowledged)  # every one, and each exactly once
