@@ -36,7 +36,9 @@ def flatten(doc: Any) -> Iterator[tuple[str, float]]:
         elif isinstance(node, list):
             items = [(f"{prefix}{i}", value) for i, value in enumerate(node)]
         else:
-            if isinstance(node, int | float) and not isinstance(node, bool) and prefix:
+            # A number needs a name: a bare top-level number, or one under the key "",
+            # has none and is not a sample.
+            if isinstance(node, int | float) and not isinstance(node, bool) and prefix[:-1]:
                 yield prefix[:-1], float(node)
             continue
         # Reversed so the document's order is the order of the samples.

@@ -1,8 +1,16 @@
 """Pydantic models of every REST body and query string (the edges only)."""
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from schemas.rows import Kind
 
@@ -11,6 +19,19 @@ MAX_EVENTS_PER_REQUEST = 100_000  # the hard cap; the configured limit is lower
 Label = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 TenantId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 MetricValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _in_range(ts: datetime) -> datetime:
+    if not EARLIEST <= ts < LATEST:
+        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    return ts
+
+
+# A time as the routes take it: with a zone, and in a range every computation can hold.
+Time = Annotated[AwareDatetime, AfterValidator(_in_range)]
 
 
 class Strict(BaseModel):
@@ -27,7 +48,7 @@ class IngestEvent(Strict):
     tool_id: Label | None = None
     session_id: Label | None = None
     event_id: Label | None = None
-    ts: AwareDatetime | None = None
+    ts: Time | None = None
 
 
 class IngestBatch(Strict):
@@ -52,8 +73,8 @@ class SampleFilters(Strict):
 
 
 class SeriesParams(SampleFilters):
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    from_: Time | None = Field(default=None, alias="from")
+    to: Time | None = None
     limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
 
 
@@ -68,8 +89,8 @@ class IncreaseParams(SampleFilters):
     """`metric` is required; `step` is a whole number and `s`, `m`, `h` or `d`."""
 
     metric: Label
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    from_: Time | None = Field(default=None, alias="from")
+    to: Time | None = None
     step: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,8}[smhd]$")] = "1h"
     group_by: Annotated[str, StringConstraints(max_length=200)] = ""
 
