@@ -57,7 +57,10 @@ def rss_kib(pid: int) -> int:
 
 @contextlib.contextmanager
 def process(*args: str) -> Iterator[subprocess.Popen[str]]:
-    env = {**os.environ, "OMNIMETRICS_LOG_LEVEL": "warning"}
+    # Capacity is measured here, not the stream limits: they are lifted for the run.
+    env = {**os.environ, "OMNIMETRICS_LOG_LEVEL": "warning", "OMNIMETRICS_MAX_STREAMS": "100000",
+           "OMNIMETRICS_MAX_STREAMS_PER_TENANT": "100000",
+           "OMNIMETRICS_NEW_STREAMS_PER_SECOND": "100000"}  # fmt: skip
     proc = subprocess.Popen([sys.executable, *args], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
     try:
