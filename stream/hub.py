@@ -104,9 +104,10 @@ class Client:
         """Queue a message without waiting; over budget, end the connection instead."""
         if self._ended:
             return
-        if self.rate > 0 and item.type == "metrics" and not self._has_token(time.monotonic()):
-            held = self._held_metrics()
-            if held is not None:  # one waits for its turn: it absorbs this one
+        if self.rate > 0 and item.type == "metrics":
+            held = self._held_metrics()  # usually none: the queue is empty
+            if held is not None and not self._has_token(time.monotonic()):
+                # One waits for its turn: it absorbs this one.
                 old = self._queue[held]
                 item = Outgoing("metrics", merge_metrics([old.text, item.text]), item.seq)
                 del self._queue[held]
