@@ -18,6 +18,8 @@ log = logging.getLogger("omnimetrics.tenants")
 Profile = Literal["high_frequency", "low_frequency", "batch_only", "disabled"]
 DEFAULT_TENANT = "local"
 
+MAX_EVENTS_PER_MINUTE = 1_000_000_000  # far above any use; keeps the number a JSON int64
+
 # batch_only collects once a minute and streams nothing; disabled collects nothing.
 BATCH_ONLY_INTERVAL_SECONDS = 60
 
@@ -41,7 +43,7 @@ class TenantSettings(BaseModel):
 
     metrics_streaming: bool = True
     collection_interval_seconds: Annotated[int, Field(ge=1, le=60)] = 1
-    max_events_per_minute: Annotated[int, Field(gt=0)] = 60
+    max_events_per_minute: Annotated[int, Field(gt=0, le=MAX_EVENTS_PER_MINUTE)] = 60
     features: Features = Features()
     performance_profile: Profile = "high_frequency"
 
@@ -63,7 +65,7 @@ class SettingsUpdate(BaseModel):
 
     metrics_streaming: bool | None = None
     collection_interval_seconds: Annotated[int, Field(ge=1, le=60)] | None = None
-    max_events_per_minute: Annotated[int, Field(gt=0)] | None = None
+    max_events_per_minute: Annotated[int, Field(gt=0, le=MAX_EVENTS_PER_MINUTE)] | None = None
     features: FeaturesUpdate | None = None
     performance_profile: Profile | None = None
 

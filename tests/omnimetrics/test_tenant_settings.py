@@ -106,6 +106,7 @@ def test_reset_goes_back_to_the_defaults(base: str) -> None:
         ({"collection_interval_seconds": 0}, "collection_interval_seconds"),
         ({"collection_interval_seconds": 61}, "collection_interval_seconds"),
         ({"max_events_per_minute": 0}, "max_events_per_minute"),
+        ({"max_events_per_minute": 2**70}, "max_events_per_minute"),  # found by schemathesis
         ({"features": {"teleport": True}}, "features.teleport"),
         ({"performance_profile": "turbo"}, "performance_profile"),
         ({"metrics_streaming": "sometimes"}, "metrics_streaming"),
