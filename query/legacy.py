@@ -46,6 +46,11 @@ COST_PER_1K_TOKENS = 0.015
 Totals = dict[str | None, dict[str, float]]
 
 
+def _zeros() -> dict[str, float]:
+    """Every counter field at 0."""
+    return dict.fromkeys(set(COUNTERS.values()), 0.0)
+
+
 def _field(metric: str, fields: dict[str, str]) -> str | None:
     return fields.get(metric.rsplit(".", 1)[-1])
 
@@ -60,7 +65,7 @@ def counter_totals(
     """Each counter field's increase in [start, end), per value of the label `by`."""
     labels = [by, "metric"] if by else ["metric"]
     table = increase_table(cur, filters, labels, start, end, DAY)
-    totals: Totals = defaultdict(lambda: dict.fromkeys(set(COUNTERS.values()), 0.0))
+    totals: Totals = defaultdict(_zeros)
     keys = table.column(by).to_pylist() if by else [None] * table.num_rows
     for key, metric, value in zip(
         keys, table.column("metric").to_pylist(), table.column("value").to_pylist(), strict=True
@@ -128,8 +133,7 @@ def grouped(
     """`summary` per value of `by` (one group, key None, without `by`)."""
     totals = counter_totals(cur, filters, start, end, by)
     seen = activity(cur, filters, start, end, by)
-    empty = dict.fromkeys(set(COUNTERS.values()), 0.0)
-    return {key: summary(totals.get(key, empty), seen.get(key)) for key in {*totals, *seen}}
+    return {key: summary(totals.get(key) or _zeros(), seen.get(key)) for key in {*totals, *seen}}
 
 
 def hourly_savings(
@@ -236,7 +240,7 @@ def current(
 
 
 def empty_summary() -> dict[str, Any]:
-    return summary(dict.fromkeys(set(COUNTERS.values()), 0.0), None)
+    return summary(_zeros(), None)
 
 
 def session_summary(
