@@ -2,66 +2,171 @@
 
 As TimescaleDB's real-time aggregates do: time below the rollup's exact watermark comes
 from `rollup_hourly` (whole hours, and the watermark's own hour up to it); the partial
-hour at the start and everything after the watermark come from the window macro over raw
-rows. Disjoint ranges of the macro sum to
-the macro over their union, and a rollup hour is that same sum, so the answer always
-equals the view's.
+hour at the start and everything after the watermark come from raw rows. A long raw range
+goes through the window macro; a short one (the live tail after the watermark is two or
+three minutes) is fetched and the delta rule applied to its rows in Arrow, which spares
+planning and scheduling a window query: most of a 24 h question's time otherwise.
+Disjoint ranges of raw rows sum to the same as their union, and a rollup hour is that
+same sum, so the answer always equals the view's (property tests compare every path).
 """
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from query.sql import where
+from query.sql import arrow, where
+from schemas.deltas import SERIES_COLUMNS, same_as_previous, with_deltas
 from schemas.models import SampleFilters
-from schemas.rollups import HOUR, valid_until
+from schemas.rollups import HOUR, marks
 
 # How far back a raw part looks for each series' previous sample before falling back to
 # an exact search of all older rows (only speed depends on it, never the answer).
 LOOKBACK_MINUTES = 5
+# A raw range up to this long is computed from its rows in Arrow, a longer one in SQL.
+ARROW_RAW = timedelta(minutes=15)
 
-
-def _raw(sel: str, cond: str, a: str, b: str) -> str:
-    return (
-        f"SELECT CAST(floor(epoch(ts) / $step) AS BIGINT) AS b{sel}, delta "
-        f"FROM sample_deltas_between(to_timestamp(${a}), to_timestamp(${b}), "
-        f"lookback := INTERVAL {LOOKBACK_MINUTES} MINUTE) "
-        f"WHERE {cond} AND delta IS NOT NULL"
-    )
-
-
-def _rolled(sel: str, cond: str) -> str:
-    return (
-        f"SELECT CAST(floor(epoch(hour) / $step) AS BIGINT) AS b{sel}, increase AS delta "
-        f"FROM rollup_hourly WHERE hour >= to_timestamp($r0) AND hour < to_timestamp($r1) "
-        f"AND {cond}"
-    )
-
-
-def increase_sql(cond: str, labels: list[str], parts: list[str]) -> str:
-    """Sums per step-aligned bucket and group, gap-filled with 0, over the union of `parts`.
-
-    `labels` come from an allow-list (schemas.models.GROUP_LABELS), never from input text.
-    """
-    sel = "".join(f", {c}" for c in labels)
-    joined = "".join(f" AND a.{c} IS NOT DISTINCT FROM g.{c}" for c in labels)
-    groups = f"SELECT DISTINCT {', '.join(labels)} FROM agg" if labels else "SELECT 1 AS one"
-    union = " UNION ALL ".join(parts)
-    return f"""
-WITH d AS ({union}),
-agg AS (SELECT b{sel}, sum(delta) AS value FROM d GROUP BY ALL),
-buckets AS (SELECT unnest(range($first, $last + 1)) AS b),
-groups AS ({groups})
-SELECT to_timestamp(k.b * $step) AS t{"".join(f", g.{c}" for c in labels)},
-       coalesce(a.value, 0) AS value
-FROM buckets k CROSS JOIN groups g
-LEFT JOIN agg a ON a.b = k.b{joined}
-ORDER BY k.b{"".join(f", g.{c} NULLS FIRST" for c in labels)}
+_MACRO = (
+    "SELECT CAST(floor(epoch(ts) / $step) AS BIGINT) AS b{sel}, delta "
+    "FROM sample_deltas_between(${a}, ${b}, lookback := INTERVAL {lookback} MINUTE) "
+    "WHERE {cond} AND delta IS NOT NULL"
+)
+_ROLLED = (
+    "SELECT CAST(floor(epoch(hour) / $step) AS BIGINT) AS b{sel}, increase AS delta "
+    "FROM rollup_hourly WHERE hour >= $r0 AND hour < $r1 AND {cond}"
+)
+_ROWS = (
+    "SELECT ts, seq, tenant_id, tool_id, session_id, source, metric, kind, value "
+    "FROM samples WHERE ts >= $a AND ts < $b AND {cond}"
+)
+# The last sample before `before` of each series given (as the macro's `older` part).
+_OLDER = """
+SELECT s.ts, s.seq, s.tenant_id, s.tool_id, s.session_id, s.source, s.metric, s.kind, s.value
+FROM samples s
+SEMI JOIN (
+    SELECT unnest($tenant_id) AS tenant_id, unnest($tool_id) AS tool_id,
+           unnest($session_id) AS session_id, unnest($source) AS source,
+           unnest($metric) AS metric
+) o ON s.tenant_id = o.tenant_id
+    AND s.tool_id IS NOT DISTINCT FROM o.tool_id
+    AND s.session_id IS NOT DISTINCT FROM o.session_id
+    AND s.source = o.source
+    AND s.metric = o.metric
+WHERE s.ts < $before
+QUALIFY row_number() OVER (
+    PARTITION BY s.tenant_id, s.tool_id, s.session_id, s.source, s.metric
+    ORDER BY s.ts DESC, s.seq DESC
+) = 1
 """
 
 
 HEAD = "SELECT coalesce(max(seq), 0) FROM samples"
+
+
+class Plan(NamedTuple):
+    """Which time comes from where: `rolled` hours from the rollup, `raw` ranges from rows."""
+
+    rolled: tuple[datetime, datetime] | None
+    raw: list[tuple[datetime, datetime]]
+
+
+def plan(start: datetime, end: datetime, step: int, valid: int) -> Plan:
+    """Split [start, end) given that `rollup_hourly` is exact before `valid` (epoch s)."""
+    if step % HOUR:
+        return Plan(None, [(start, end)])
+    lo, hi = start.timestamp(), end.timestamp()
+    r0 = -(-int(lo) // HOUR) * HOUR
+    # A partial row covers its hour up to `valid`: usable only if that is in range.
+    r1 = valid if valid <= hi else int(hi) // HOUR * HOUR
+    if r0 >= r1:
+        return Plan(None, [(start, end)])
+    a, b = datetime.fromtimestamp(r0, UTC), datetime.fromtimestamp(r1, UTC)
+    return Plan((a, b), [(s, e) for s, e in ((start, a), (b, end)) if s < e])
+
+
+def _sql_sums(
+    cur: duckdb.DuckDBPyConnection,
+    cond: str,
+    filter_args: dict[str, Any],
+    labels: list[str],
+    step: int,
+    rolled: tuple[datetime, datetime] | None,
+    raw: list[tuple[datetime, datetime]],
+) -> pa.Table:
+    """Sums per bucket and group over the rollup range and long raw ranges, in SQL.
+
+    `labels` come from an allow-list (schemas.models.GROUP_LABELS), never from input text.
+    """
+    sel = "".join(f", {c}" for c in labels)
+    parts, args = [], {**filter_args, "step": step}
+    if rolled is not None:
+        parts.append(_ROLLED.format(sel=sel, cond=cond))
+        args.update(r0=rolled[0], r1=rolled[1])
+    for i, (a, b) in enumerate(raw):
+        parts.append(_MACRO.format(sel=sel, cond=cond, a=f"a{i}", b=f"b{i}",
+                                   lookback=LOOKBACK_MINUTES))  # fmt: skip
+        args.update({f"a{i}": a, f"b{i}": b})
+    sql = f"SELECT b{sel}, sum(delta) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
+    return arrow(cur, sql, args)
+
+
+def raw_deltas(
+    cur: duckdb.DuckDBPyConnection,
+    cond: str,
+    filter_args: dict[str, Any],
+    start: datetime,
+    end: datetime,
+) -> pa.Table:
+    """The rows matching `cond` with ts in [start, end) and a delta, with that delta: the
+    rows `sample_deltas_between(start, end)` gives, computed from the rows in Arrow."""
+    since = start - timedelta(minutes=LOOKBACK_MINUTES)
+    table = with_deltas(arrow(cur, _ROWS.format(cond=cond), {**filter_args, "a": since, "b": end}))
+    # A counter whose series has no row in the lookback needs its last row before it.
+    first = ~same_as_previous(table, SERIES_COLUMNS)
+    inside = pc.greater_equal(table.column("ts"), pa.scalar(start)).to_numpy()
+    counter = pc.equal(table.column("kind"), "counter").to_numpy()
+    orphans = table.filter(pa.array(first & inside & counter))
+    if orphans.num_rows:
+        keys = {c: orphans.column(c).to_pylist() for c in SERIES_COLUMNS}
+        older = arrow(cur, _OLDER, {**keys, "before": since})
+        table = with_deltas(pa.concat_tables([table.drop_columns("delta"), older]))
+        inside = pc.greater_equal(table.column("ts"), pa.scalar(start)).to_numpy()
+    return table.filter(pa.array(inside & table.column("delta").is_valid().to_numpy()))
+
+
+def _arrow_sums(deltas: pa.Table, labels: list[str], step: int) -> pa.Table:
+    """Sums per bucket and group of `raw_deltas` rows."""
+    micros = deltas.column("ts").cast(pa.int64()).to_numpy()
+    buckets = pa.array(micros // (step * 1_000_000))
+    table = pa.table({"b": buckets, **{c: deltas.column(c) for c in labels},
+                      "value": deltas.column("delta")})  # fmt: skip
+    return _summed(table, labels)
+
+
+def _summed(table: pa.Table, labels: list[str]) -> pa.Table:
+    summed = table.group_by(["b", *labels]).aggregate([("value", "sum")])
+    return summed.rename_columns(["b", *labels, "value"])
+
+
+def gap_filled(sums: pa.Table, labels: list[str], first: int, last: int, step: int) -> pa.Table:
+    """Every bucket from `first` to `last` for every group in `sums` (0 where it has no
+    sum), ordered by bucket, then group (NULLs first); one group if there are no labels."""
+    keys = [(c, "ascending", "at_start") for c in (*labels, "b")]
+    sums = sums.take(pc.sort_indices(sums, sort_keys=keys))
+    new_group = ~same_as_previous(sums, labels) if labels else np.zeros(sums.num_rows, bool)
+    group = np.cumsum(new_group) - 1 if labels else np.zeros(sums.num_rows, np.int64)
+    groups = int(new_group.sum()) if labels else 1
+    n = last - first + 1
+    grid = np.zeros((n, groups))
+    grid[sums.column("b").to_numpy() - first, group] = sums.column("value").to_numpy()
+    times = np.repeat(np.arange(first, last + 1, dtype=np.int64) * step * 1_000_000, groups)
+    heads = np.tile(np.flatnonzero(new_group), n)
+    columns = {c: sums.column(c).take(heads) for c in labels}
+    return pa.table({"t": pa.array(times, pa.timestamp("us", tz="UTC")), **columns,
+                     "value": grid.ravel()})  # fmt: skip
 
 
 def increase_table(
@@ -86,33 +191,26 @@ def increase_snapshot(
 ) -> tuple[pa.Table, int]:
     """`increase_table`, and the last seq of the snapshot it was computed from: a stream
     resumed from that seq extends the answer with no gap and no duplicate."""
-    cond, args = where(filters)
-    lo, hi = start.timestamp(), end.timestamp()
-    args.update(step=step, first=int(lo) // step, last=-(-int(hi * 1e6) // (step * 1_000_000)) - 1)
-    sel = "".join(f", {c}" for c in labels)
+    cond, filter_args = where(filters)
+    first = int(start.timestamp()) // step
+    last = -(-int(end.timestamp() * 1e6) // (step * 1_000_000)) - 1
     cur.begin()  # the watermark and the rows it vouches for, from one snapshot
     try:
-        parts = [_raw(sel, cond, "start", "end")]
-        args.update(start=lo, end=hi)
-        if step % HOUR == 0:
-            r0 = -(-int(lo) // HOUR) * HOUR
-            valid = valid_until(cur)
-            # A partial row covers its hour up to `valid`: usable only if that is in range.
-            r1 = valid if valid <= hi else int(hi) // HOUR * HOUR
-            if r0 < r1:
-                parts = [_rolled(sel, cond)]
-                args.update(r0=r0, r1=r1)
-                if lo < r0:
-                    parts.append(_raw(sel, cond, "start", "r0"))
-                if r1 < hi:
-                    parts.append(_raw(sel, cond, "r1", "end"))
-        unused = {"start", "end", "r0", "r1"} - {
-            name for part in parts for name in ("start", "end", "r0", "r1") if f"${name}" in part
-        }
-        for name in unused:
-            args.pop(name, None)
-        table: pa.Table = cur.sql(increase_sql(cond, labels, parts), params=args).to_arrow_table()
-        (head,) = cur.execute(HEAD).fetchall()[0]
-        return table, int(head)
+        valid, head = marks(cur)
+        rolled, raw = plan(start, end, step, valid)
+        short = [(a, b) for a, b in raw if b - a <= ARROW_RAW]
+        long = [(a, b) for a, b in raw if b - a > ARROW_RAW]
+        sums = [_arrow_sums(raw_deltas(cur, cond, filter_args, a, b), labels, step)
+                for a, b in short]  # fmt: skip
+        if rolled is not None or long:
+            sums.append(_sql_sums(cur, cond, filter_args, labels, step, rolled, long))
     finally:
         cur.commit()
+    total = sums[0] if len(sums) == 1 else _summed(_unified(sums), labels)
+    return gap_filled(total, labels, first, last, step), head
+
+
+def _unified(tables: list[pa.Table]) -> pa.Table:
+    """One table from sums computed in SQL and in Arrow (their integer widths may differ)."""
+    schema = tables[-1].schema
+    return pa.concat_tables([t.cast(schema) for t in tables])

@@ -1,5 +1,15 @@
-"""The delta rule in Python, for the live stream. It must agree with the SQL macro
-`sample_delta` in migrations.py, which defines the truth (a test checks both)."""
+"""The delta rule in Python: per sample for the live stream, per Arrow table for the short
+raw tail of a history query. Both must agree with the SQL macro `sample_delta` and the
+`sample_deltas` view in migrations.py, which define the truth (tests check all three)."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# The series key, as in migrations.SERIES: every delta is computed within one series.
+SERIES_COLUMNS = ("tenant_id", "tool_id", "session_id", "source", "metric")
 
 
 def sample_delta(kind: str, value: float, prev: float | None) -> float | None:
@@ -10,3 +20,39 @@ def sample_delta(kind: str, value: float, prev: float | None) -> float | None:
     if kind == "counter" and prev is not None:
         return value - prev if value >= prev else value
     return None
+
+
+def same_as_previous(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """For each row, whether the row before it holds the same values in `columns`, NULL
+    matching NULL (as `IS NOT DISTINCT FROM`); the first row has no row before it."""
+    n = table.num_rows
+    same = np.ones(n, dtype=bool)
+    if n == 0:
+        return same
+    same[0] = False
+    for name in columns:
+        column = table.column(name)
+        if pa.types.is_null(column.type):  # all NULL: every row matches the one before
+            continue
+        now, before = column.slice(1), column.slice(0, n - 1)
+        equal = pc.fill_null(pc.equal(now, before), False)
+        both_null = pc.and_(pc.is_null(now), pc.is_null(before))
+        same[1:] &= pc.or_(equal, both_null).to_numpy()
+    return same
+
+
+def with_deltas(rows: pa.Table) -> pa.Table:
+    """`rows` (the series columns, `ts`, `seq`, `kind`, `value`) sorted by series, `ts`
+    and `seq`, with a `delta` column: each row's `sample_delta` against the row before it
+    in its series, as the `sample_deltas` view computes it over the same rows."""
+    keys = [(name, "ascending") for name in (*SERIES_COLUMNS, "ts", "seq")]
+    rows = rows.take(pc.sort_indices(rows, sort_keys=keys)).combine_chunks()
+    value = rows.column("value").to_numpy()
+    prev = np.roll(value, 1)
+    kind = rows.column("kind")
+    own = pc.equal(kind, "delta").to_numpy()
+    counted = pc.equal(kind, "counter").to_numpy() & same_as_previous(rows, SERIES_COLUMNS)
+    with np.errstate(over="ignore", invalid="ignore"):  # masked rows may hold anything
+        rise = np.where(value >= prev, value - prev, value)
+    delta = np.where(own, value, rise)
+    return rows.append_column("delta", pa.array(delta, mask=~(own | counted)))

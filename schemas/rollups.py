@@ -18,6 +18,7 @@ SELECT max(CASE WHEN key = 'rollup_until' THEN CAST(value AS BIGINT) END),
        max(CASE WHEN key = 'rollup_seq' THEN CAST(value AS BIGINT) END)
 FROM meta WHERE key IN ('rollup_until', 'rollup_seq')
 """
+_MARKS = f"SELECT *, (SELECT coalesce(max(seq), 0) FROM samples) FROM ({_WATERMARKS})"
 # The earliest ts among rows the rollup has not considered but that fall before its end.
 _LATE = "SELECT min(ts) FROM samples WHERE seq > $seq AND ts < to_timestamp($until)"
 _REBUILD = """
@@ -37,6 +38,17 @@ def _hour_floor(ts: datetime) -> int:
 def valid_until(cur: duckdb.DuckDBPyConnection) -> int:
     """Epoch seconds before which `rollup_hourly` is exact right now."""
     until, seq = cur.execute(_WATERMARKS).fetchall()[0]
+    return _valid(cur, until, seq)
+
+
+def marks(cur: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """`valid_until` and the last committed seq, read together (in the caller's snapshot
+    when it holds a transaction)."""
+    until, seq, head = cur.execute(_MARKS).fetchall()[0]
+    return _valid(cur, until, seq), int(head)
+
+
+def _valid(cur: duckdb.DuckDBPyConnection, until: int, seq: int) -> int:
     (late,) = cur.execute(_LATE, {"seq": seq, "until": until}).fetchall()[0]
     return int(until) if late is None else min(int(until), _hour_floor(late))
 
