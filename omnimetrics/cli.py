@@ -4,7 +4,7 @@ import argparse
 import asyncio
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
@@ -138,6 +138,17 @@ def _check_tls(settings: Settings) -> None:
         fail(f"cannot load TLS certificate/key: {exc}")
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed, as uvicorn itself would choose: its C loop and
+    transports make the per-client writes of a fan-out cheaper (1,000 clients: 28 ms
+    against 31 ms on asyncio's loop, bench/stream.py)."""
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: asyncio's loop
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "export":
@@ -153,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(str(exc))
     _check_database(settings)
     _check_tls(settings)
-    asyncio.run(_serve(settings, config))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_serve(settings, config))
     return 0
 
 

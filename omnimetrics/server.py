@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 
 from omnimetrics.app import App
+from omnimetrics.ws_protocol import FanoutWSProtocol
 from stream.ws import MAX_MESSAGE_BYTES
 
 
@@ -78,8 +79,9 @@ def build_server(
         # zlib context per connection: off, so fan-out stays cheap in CPU and memory.
         ws_per_message_deflate=False,
         # wsproto holds the least per idle connection of uvicorn's WebSocket protocols
-        # (bench/stream.py: 24 KiB with omnimetrics on top, against 27 with websockets).
-        ws="wsproto",
+        # (bench/stream.py: 24 KiB with omnimetrics on top, against 27 with websockets);
+        # its text sends take a short path (omnimetrics/ws_protocol.py).
+        ws=FanoutWSProtocol,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,

@@ -34,6 +34,12 @@ class Client:
     closes. The client loses nothing: it resumes from the database. Slotted and with a
     waiter made only while waiting, because there is one of these per open connection.
 
+    An idle client (its sender waiting on an empty queue) whose connection offers a
+    `direct` write gets a message written at once, without waking its sender: the same
+    bytes in the same order, at a fraction of the cost per client in a fan-out. `direct`
+    returns False, writing nothing, when the connection cannot take it without waiting;
+    the message is then queued as usual.
+
     Paced (its tenant's `max_events_per_minute`): `metrics` messages are sent at that rate
     on average, from a bucket of a few seconds' worth; one that may not go yet absorbs
     the next ones (latest values, summed deltas, the last cursor), so nothing is skipped,
@@ -42,8 +48,8 @@ class Client:
 
     __slots__ = (
         "filter", "start_seq", "sent_seq", "budget", "overflowed", "shutdown", "too_big",
-        "refused", "rate", "burst", "_tokens", "_stamp", "_ended", "_queue", "_bytes",
-        "_waiter",
+        "refused", "rate", "burst", "direct", "_tokens", "_stamp", "_ended", "_queue",
+        "_bytes", "_waiter",
     )  # fmt: skip
 
     def __init__(self, flt: Filter, start_seq: int, budget: int) -> None:
@@ -57,6 +63,7 @@ class Client:
         self.refused: str | None = None  # the settings stopped its stream: why
         self.rate = 0.0  # metrics messages per second; 0: unpaced
         self.burst = 1.0
+        self.direct: Callable[[str], bool] | None = None
         self._tokens = 1.0
         self._stamp = 0.0
         self._ended = False
@@ -100,10 +107,15 @@ class Client:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def offer(self, item: Outgoing) -> None:
-        """Queue a message without waiting; over budget, end the connection instead."""
+    def offer(self, item: Outgoing) -> bool:
+        """Queue a message without waiting, or write it now (True) if the client is idle
+        and its connection takes it at once; over budget, end the connection instead."""
         if self._ended:
-            return
+            return False
+        direct = self.direct
+        if direct is not None and self._waiter is not None and not self._queue:
+            if self._write_now(direct, item):
+                return True
         if self.rate > 0 and item.type == "metrics":
             held = self._held_metrics()  # usually none: the queue is empty
             if held is not None and not self._has_token(time.monotonic()):
@@ -118,10 +130,23 @@ class Client:
             self._bytes = 0
             self.overflowed = True
             self.end()
-            return
+            return False
         self._queue.append(item)
         self._bytes += size
         self._wake()
+        return False
+
+    def _write_now(self, direct: Callable[[str], bool], item: Outgoing) -> bool:
+        if self.rate > 0 and item.type == "metrics":
+            now = time.monotonic()
+            if not self._has_token(now) or not direct(item.text):
+                return False
+            self._token_wait(now)  # takes the token
+        elif not direct(item.text):
+            return False
+        if item.seq is not None:
+            self.sent_seq = item.seq
+        return True
 
     def _held_metrics(self) -> int | None:
         for i, queued in enumerate(self._queue):
@@ -297,16 +322,25 @@ class Hub:
         `committed_at` (perf_counter) is when the writer's notice arrived."""
         dispatched = time.perf_counter()
         committed = committed_at if committed_at is not None else dispatched
+        tracked = set()
         for batch in batches:
             for flt, clients in list(self._by_filter.items()):
                 for item in encode_batch(batch, flt, self.epoch):
+                    queued = 0
                     for client in list(clients):
-                        client.offer(item)
+                        if client.offer(item):
+                            continue  # written already
                         if client.ended:  # overflowed: it resumes from the database
                             self.remove(client)
+                        else:
+                            queued += 1
                     if item.seq is not None and clients:
-                        self._track(item.seq, len(clients), committed, dispatched)
+                        self._track(item.seq, queued, committed, dispatched)
+                        tracked.add(item.seq)
         self.position = max(self.position, upto)
+        for seq in tracked:  # every client had it written at once
+            if seq in self._pending and self._pending[seq][0] <= 0:
+                self._done(seq)
 
     def _track(self, seq: int, clients: int, committed: float, dispatched: float) -> None:
         pending = self._pending.get(seq)
@@ -317,16 +351,19 @@ class Hub:
         else:
             pending[0] += clients
 
+    def _done(self, seq: int) -> None:
+        pending = self._pending.pop(seq)
+        now = time.perf_counter()
+        self.commit_to_sent_ms.append((now - pending[1]) * 1000)
+        self.fanout_ms.append((now - pending[2]) * 1000)
+
     def sent(self, seq: int) -> None:
         """A client's sender handed message `seq` to its connection."""
         pending = self._pending.get(seq)
         if pending is not None:
             pending[0] -= 1
             if pending[0] <= 0:
-                now = time.perf_counter()
-                self.commit_to_sent_ms.append((now - pending[1]) * 1000)
-                self.fanout_ms.append((now - pending[2]) * 1000)
-                del self._pending[seq]
+                self._done(seq)
 
     def close(self) -> None:
         """End every connection (shutdown); clients resume from their cursors later."""

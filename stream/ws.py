@@ -33,6 +33,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 SLOW_CONSUMER_CODE = 4008
 TRY_AGAIN_LATER = 1013
 SENDER_WAIT_SECONDS = 2.0
+# An ASGI scope extension a server may offer: its `send` writes a text message at once
+# and returns True, or returns False (writing nothing) when the connection cannot now.
+SEND_TEXT_NOW = "omnimetrics.send_text_now"
 
 _client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
@@ -64,6 +67,7 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
     principal: Principal | None = scope["state"].get("principal")
     session = await open_session(db, hub, flt, params.since, "WebSocket connection established")
     client = session.client
+    client.direct = (scope.get("extensions") or {}).get(SEND_TEXT_NOW, {}).get("send")
     sender = asyncio.create_task(_send_all(send, db, hub, session))
     try:
         await _receive_all(receive, hub, client, principal)
