@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from bench import write_floor
 from stream.batches import Batch, Row
 from stream.encode import Filter
 from stream.hub import Hub
@@ -308,6 +309,10 @@ def run() -> None:
         print(f"  server fan-out, dispatch to the last client's send: "
               f"{o['server_fanout_ms_p50']:.1f} ms p50, {o['server_fanout_ms_max']:.1f} max "
               f"(target <= 20)")  # fmt: skip
+        floor = write_floor.median_ms(LATENCY_CLIENTS, CLIENT_PROCESSES)
+        print(f"  floor: one thread writing the same 1 KB to {LATENCY_CLIENTS:,} loopback sockets "
+              f"whose readers wait in {CLIENT_PROCESSES} processes: {floor:.1f} ms p50; "
+              f"fan-out/floor {o['server_fanout_ms_p50'] / floor:.2f}")  # fmt: skip
         print(f"  server commit to the last client's send: {o['server_commit_to_sent_ms_p50']:.1f} "
               f"ms p50, {o['server_commit_to_sent_ms_max']:.1f} max")  # fmt: skip
         print(f"  ratio omnimetrics/baseline: p99 {o['p99'] / b['p99']:.2f}, "
