@@ -211,6 +211,7 @@ def increase_snapshot(
 
 
 def _unified(tables: list[pa.Table]) -> pa.Table:
-    """One table from sums computed in SQL and in Arrow (their integer widths may differ)."""
+    """One table from sums computed in SQL and in Arrow, cast to one schema (DuckDB's
+    string and timestamp types need not be Arrow's own)."""
     schema = tables[-1].schema
     return pa.concat_tables([t.cast(schema) for t in tables])

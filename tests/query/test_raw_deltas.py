@@ -15,7 +15,7 @@ from query.sql import where
 from schemas.db import Database
 from schemas.deltas import with_deltas
 from schemas.models import SampleFilters
-from tests.schemas.test_deltas import POINT, SERIES, T0, counter_rows, insert
+from tests.schemas.test_deltas import POINT, SERIES, T0, counter_rows, insert, point_rows
 
 FILTERS = st.sampled_from(
     [
@@ -71,11 +71,7 @@ def test_raw_deltas_are_the_views(
     filters: SampleFilters,
     shuffle: random.Random,
 ) -> None:
-    rows, ts = [], T0
-    for seq, (which, gap, value) in enumerate(points, start=1):
-        ts += timedelta(seconds=gap)
-        tenant, tool, session, source, metric, kind = series[which % len(series)]
-        rows.append((seq, seq, ts, tenant, tool, session, source, metric, kind, float(value)))
+    rows = point_rows(series, points)
     start = T0 + timedelta(seconds=window[0])
     end = start + timedelta(seconds=window[1])
     before = start - timedelta(minutes=LOOKBACK_MINUTES)

@@ -88,6 +88,16 @@ POINT = st.tuples(
 )
 
 
+def point_rows(series: list[tuple], points: list[tuple]) -> list[tuple]:
+    """Sample rows (seq, batch, ts, series..., kind, value) from generated points."""
+    rows, ts = [], T0
+    for seq, (which, gap, value) in enumerate(points, start=1):
+        ts += timedelta(seconds=gap)
+        tenant, tool, session, source, metric, kind = series[which % len(series)]
+        rows.append((seq, seq, ts, tenant, tool, session, source, metric, kind, float(value)))
+    return rows
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     series=st.lists(SERIES, min_size=1, max_size=6, unique_by=lambda s: s[:5]),
@@ -98,11 +108,7 @@ POINT = st.tuples(
 def test_window_macro_agrees_exactly_with_the_view(
     series: list[tuple], points: list[tuple], window: tuple[int, int], lookback_s: int
 ) -> None:
-    rows, ts = [], T0
-    for seq, (which, gap, value) in enumerate(points, start=1):
-        ts += timedelta(seconds=gap)
-        tenant, tool, session, source, metric, kind = series[which % len(series)]
-        rows.append((seq, seq, ts, tenant, tool, session, source, metric, kind, float(value)))
+    rows = point_rows(series, points)
     start = T0 + timedelta(seconds=window[0])
     end = start + timedelta(seconds=window[1])
     with tempfile.TemporaryDirectory() as tmp:
