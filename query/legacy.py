@@ -103,9 +103,9 @@ def activity(
         active_since=end - timedelta(minutes=ACTIVE_SESSION_MINUTES),
     )
     sql = _ACTIVITY.format(key=by or "NULL", cond=cond)  # `by` is a fixed column name
-    rel = cur.sql(sql, params=args)
-    names = rel.columns
-    return {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in rel.fetchall()}
+    result = cur.execute(sql, args)
+    names = [column[0] for column in result.description or ()]
+    return {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in result.fetchall()}
 
 
 def summary(totals: dict[str, float], seen: dict[str, Any] | None) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def history(
     """
     cond, args = where(filters)
     args.update(start=start, end=end, limit=limit, names=[*COUNTERS, *HISTORY_VALUES])
-    rows = cur.sql(_HISTORY.format(cond=cond), params=args).fetchall()
+    rows = cur.execute(_HISTORY.format(cond=cond), args).fetchall()
     out = []
     for _, ts, source, tenant_id, tool_id, session_id, names, vals, deltas in reversed(rows):
         row: dict[str, Any] = {
@@ -226,12 +226,12 @@ def current(
     since = now - timedelta(days=1)
     cond, args = where(filters, since)
     snapshot: dict[str, Any] = {"timestamp": rfc3339(now)}
-    for source, metric, value in cur.sql(_CURRENT_VALUES.format(cond=cond), params=args).fetchall():
+    for source, metric, value in cur.execute(_CURRENT_VALUES.format(cond=cond), args).fetchall():
         if metric not in ("up", "scrape_duration_seconds"):
             put(snapshot.setdefault(source, {"status": "healthy"}), metric, number(value))
     scrape_filters = SampleFilters(tenant_id=filters.tenant_id, tool_id=filters.tool_id)
     cond, args = where(scrape_filters, since)
-    for source, up, error in cur.sql(_CURRENT_STATUS.format(cond=cond), params=args).fetchall():
+    for source, up, error in cur.execute(_CURRENT_STATUS.format(cond=cond), args).fetchall():
         entry = snapshot.setdefault(source, {})
         entry["status"] = "healthy" if up else "down"
         if not up:
@@ -248,9 +248,8 @@ def session_summary(
 ) -> dict[str, Any]:
     """`summary` over all of a session's samples (zeros for a session never seen)."""
     cond, args = where(filters)
-    first, last = cur.sql(
-        f"SELECT min(ts), max(ts) FROM samples WHERE {cond}", params=args
-    ).fetchall()[0]
+    sql = f"SELECT min(ts), max(ts) FROM samples WHERE {cond}"
+    first, last = cur.execute(sql, args).fetchall()[0]
     if first is None:
         return empty_summary()
     end = max(now, last + timedelta(milliseconds=1))

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from query.sql import arrow
 from schemas.db import Database
 from schemas.times import rfc3339, utcnow
 
@@ -84,7 +85,7 @@ def export_new(cur: duckdb.DuckDBPyConnection, mirror: Path, epoch: str) -> int:
     (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
     while done < head:
         upto = min(head, done + CHUNK_ROWS)
-        table = cur.sql(_NEW, params={"after": done, "upto": upto}).to_arrow_table()
+        table = arrow(cur, _NEW, {"after": done, "upto": upto})
         table = table.set_column(2, "ts", table.column("ts").cast(pa.timestamp("us", tz="UTC")))
         hours = pc.strftime(table.column("ts"), format="%Y-%m-%d/%H")
         for hour in pc.unique(hours).to_pylist():

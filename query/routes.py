@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from query.formats import encode, negotiate
 from query.history import HEAD, increase_snapshot
-from query.sql import latest_sql, series_sql, where
+from query.sql import arrow, latest_sql, series_sql, where
 from schemas.db import Database
 from schemas.http import error_response
 from schemas.models import IncreaseParams, LatestParams, SampleFilters, SeriesParams
@@ -28,7 +28,7 @@ CURSOR_HEADER = "X-Omnimetrics-Cursor"
 
 async def _table(request: Request, sql: str, args: dict[str, Any]) -> pa.Table:
     def run(cur: duckdb.DuckDBPyConnection) -> pa.Table:
-        return cur.sql(sql, params=args).to_arrow_table()
+        return arrow(cur, sql, args)
 
     return await cast(Database, request.state.db).read(run)
 
@@ -39,7 +39,7 @@ async def _snapshot(request: Request, sql: str, args: dict[str, Any]) -> tuple[p
     def run(cur: duckdb.DuckDBPyConnection) -> tuple[pa.Table, int]:
         cur.begin()
         try:
-            table = cur.sql(sql, params=args).to_arrow_table()
+            table = arrow(cur, sql, args)
             (head,) = cur.execute(HEAD).fetchall()[0]
             return table, int(head)
         finally:

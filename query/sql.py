@@ -46,8 +46,9 @@ def where(
 
 def arrow(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pa.Table:
     """Run `sql` once and fetch its rows as Arrow. `cur.sql(sql, params=...)` would bind
-    and optimize it twice (a relation is described before it runs), about 2 ms of a small
-    query; the extra copy DuckDB warns about costs less for the answers fetched here."""
+    and optimize it twice (a relation is described before it runs): about 2 ms of a small
+    query. The extra copy DuckDB warns about costs less, even for large answers (720,000
+    samples: 59 ms this way, 75 ms through a relation)."""
     return cur.execute(sql, params).to_arrow_table()
 
 

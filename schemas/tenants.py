@@ -214,5 +214,5 @@ def load_tenant_settings(cur: duckdb.DuckDBPyConnection) -> dict[str, TenantSett
 
 def settings_times(cur: duckdb.DuckDBPyConnection, tenant_id: str) -> tuple[Any, Any]:
     """When the tenant's settings were first and last set (None, None if never)."""
-    first, last = cur.sql(_TIMES, params={"tenant_id": tenant_id}).fetchall()[0]
+    first, last = cur.execute(_TIMES, {"tenant_id": tenant_id}).fetchall()[0]
     return first, last
