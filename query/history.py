@@ -123,50 +123,53 @@ def raw_deltas(
     """The rows matching `cond` with ts in [start, end) and a delta, with that delta: the
     rows `sample_deltas_between(start, end)` gives, computed from the rows in Arrow."""
     since = start - timedelta(minutes=LOOKBACK_MINUTES)
-    table = with_deltas(arrow(cur, _ROWS.format(cond=cond), {**filter_args, "a": since, "b": end}))
-    # A counter whose series has no row in the lookback needs its last row before it.
-    first = ~same_as_previous(table, SERIES_COLUMNS)
+    rows = arrow(cur, _ROWS.format(cond=cond), {**filter_args, "a": since, "b": end})
+    table, follows = with_deltas(rows)
     inside = pc.greater_equal(table.column("ts"), pa.scalar(start)).to_numpy()
+    # A counter whose series has no row in the lookback needs its last row before it.
     counter = pc.equal(table.column("kind"), "counter").to_numpy()
-    orphans = table.filter(pa.array(first & inside & counter))
+    orphans = table.filter(pa.array(~follows & inside & counter))
     if orphans.num_rows:
         keys = {c: orphans.column(c).to_pylist() for c in SERIES_COLUMNS}
         older = arrow(cur, _OLDER, {**keys, "before": since})
-        table = with_deltas(pa.concat_tables([table.drop_columns("delta"), older]))
+        table, _ = with_deltas(pa.concat_tables([rows, older]))
         inside = pc.greater_equal(table.column("ts"), pa.scalar(start)).to_numpy()
     return table.filter(pa.array(inside & table.column("delta").is_valid().to_numpy()))
 
 
-def _arrow_sums(deltas: pa.Table, labels: list[str], step: int) -> pa.Table:
-    """Sums per bucket and group of `raw_deltas` rows."""
+def _bucketed(deltas: pa.Table, labels: list[str], step: int) -> pa.Table:
+    """`raw_deltas` rows as (bucket, labels, value), the shape of the SQL sums."""
     micros = deltas.column("ts").cast(pa.int64()).to_numpy()
     buckets = pa.array(micros // (step * 1_000_000))
-    table = pa.table({"b": buckets, **{c: deltas.column(c) for c in labels},
-                      "value": deltas.column("delta")})  # fmt: skip
-    return _summed(table, labels)
+    return pa.table({"b": buckets, **{c: deltas.column(c) for c in labels},
+                     "value": deltas.column("delta")})  # fmt: skip
 
 
-def _summed(table: pa.Table, labels: list[str]) -> pa.Table:
-    summed = table.group_by(["b", *labels]).aggregate([("value", "sum")])
-    return summed.rename_columns(["b", *labels, "value"])
-
-
-def gap_filled(sums: pa.Table, labels: list[str], first: int, last: int, step: int) -> pa.Table:
-    """Every bucket from `first` to `last` for every group in `sums` (0 where it has no
-    sum), ordered by bucket, then group (NULLs first); one group if there are no labels."""
-    keys = [(c, "ascending", "at_start") for c in (*labels, "b")]
-    sums = sums.take(pc.sort_indices(sums, sort_keys=keys))
-    new_group = ~same_as_previous(sums, labels) if labels else np.zeros(sums.num_rows, bool)
-    group = np.cumsum(new_group) - 1 if labels else np.zeros(sums.num_rows, np.int64)
-    groups = int(new_group.sum()) if labels else 1
+def gap_filled(
+    parts: list[pa.Table], labels: list[str], first: int, last: int, step: int
+) -> pa.Table:
+    """The sums of `parts` (rows of bucket, labels, value) for every bucket from `first`
+    to `last` and every group seen (0 where a group has nothing in a bucket), ordered by
+    bucket, then group (NULLs first); one group if there are no labels."""
+    schema = parts[-1].schema  # DuckDB's and Arrow's types for a column need not match
+    rows = pa.concat_tables([part.cast(schema) for part in parts])
+    if labels:
+        keys = [(c, "ascending", "at_start") for c in labels]
+        rows = rows.take(pc.sort_indices(rows, sort_keys=keys))
+        new_group = ~same_as_previous(rows, labels)
+        group, groups = np.cumsum(new_group) - 1, int(new_group.sum())
+    else:
+        new_group = np.zeros(rows.num_rows, bool)
+        group, groups = np.zeros(rows.num_rows, np.int64), 1
     n = last - first + 1
-    grid = np.zeros((n, groups))
-    grid[sums.column("b").to_numpy() - first, group] = sums.column("value").to_numpy()
+    cells = (rows.column("b").to_numpy() - first) * groups + group
+    values = rows.column("value").to_numpy()
+    grid = np.bincount(cells, weights=values, minlength=n * groups)
     times = np.repeat(np.arange(first, last + 1, dtype=np.int64) * step * 1_000_000, groups)
     heads = np.tile(np.flatnonzero(new_group), n)
-    columns = {c: sums.column(c).take(heads) for c in labels}
+    columns = {c: rows.column(c).take(heads) for c in labels}
     return pa.table({"t": pa.array(times, pa.timestamp("us", tz="UTC")), **columns,
-                     "value": grid.ravel()})  # fmt: skip
+                     "value": grid})  # fmt: skip
 
 
 def increase_table(
@@ -200,18 +203,10 @@ def increase_snapshot(
         rolled, raw = plan(start, end, step, valid)
         short = [(a, b) for a, b in raw if b - a <= ARROW_RAW]
         long = [(a, b) for a, b in raw if b - a > ARROW_RAW]
-        sums = [_arrow_sums(raw_deltas(cur, cond, filter_args, a, b), labels, step)
-                for a, b in short]  # fmt: skip
+        parts = [_bucketed(raw_deltas(cur, cond, filter_args, a, b), labels, step)
+                 for a, b in short]  # fmt: skip
         if rolled is not None or long:
-            sums.append(_sql_sums(cur, cond, filter_args, labels, step, rolled, long))
+            parts.append(_sql_sums(cur, cond, filter_args, labels, step, rolled, long))
     finally:
         cur.commit()
-    total = sums[0] if len(sums) == 1 else _summed(_unified(sums), labels)
-    return gap_filled(total, labels, first, last, step), head
-
-
-def _unified(tables: list[pa.Table]) -> pa.Table:
-    """One table from sums computed in SQL and in Arrow, cast to one schema (DuckDB's
-    string and timestamp types need not be Arrow's own)."""
-    schema = tables[-1].schema
-    return pa.concat_tables([t.cast(schema) for t in tables])
+    return gap_filled(parts, labels, first, last, step), head

@@ -32,27 +32,32 @@ def same_as_previous(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
     same[0] = False
     for name in columns:
         column = table.column(name)
-        if pa.types.is_null(column.type):  # all NULL: every row matches the one before
+        if column.null_count == n:  # all NULL: every row matches the one before
             continue
         now, before = column.slice(1), column.slice(0, n - 1)
+        if column.null_count == 0:
+            same[1:] &= pc.equal(now, before).to_numpy()
+            continue
         equal = pc.fill_null(pc.equal(now, before), False)
         both_null = pc.and_(pc.is_null(now), pc.is_null(before))
         same[1:] &= pc.or_(equal, both_null).to_numpy()
     return same
 
 
-def with_deltas(rows: pa.Table) -> pa.Table:
+def with_deltas(rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
     """`rows` (the series columns, `ts`, `seq`, `kind`, `value`) sorted by series, `ts`
     and `seq`, with a `delta` column: each row's `sample_delta` against the row before it
-    in its series, as the `sample_deltas` view computes it over the same rows."""
+    in its series, as the `sample_deltas` view computes it over the same rows. Also, per
+    row, whether a row of its series comes before it (False for each series' first)."""
     keys = [(name, "ascending") for name in (*SERIES_COLUMNS, "ts", "seq")]
     rows = rows.take(pc.sort_indices(rows, sort_keys=keys)).combine_chunks()
     value = rows.column("value").to_numpy()
     prev = np.roll(value, 1)
     kind = rows.column("kind")
     own = pc.equal(kind, "delta").to_numpy()
-    counted = pc.equal(kind, "counter").to_numpy() & same_as_previous(rows, SERIES_COLUMNS)
+    follows = same_as_previous(rows, SERIES_COLUMNS)
+    counted = pc.equal(kind, "counter").to_numpy() & follows
     with np.errstate(over="ignore", invalid="ignore"):  # masked rows may hold anything
         rise = np.where(value >= prev, value - prev, value)
     delta = np.where(own, value, rise)
-    return rows.append_column("delta", pa.array(delta, mask=~(own | counted)))
+    return rows.append_column("delta", pa.array(delta, mask=~(own | counted))), follows

@@ -92,6 +92,7 @@ def test_with_deltas_counts_a_restart_as_new_work() -> None:
     names = ["seq", "batch", "ts", "tenant_id", "tool_id", "session_id", "source", "metric",
              "kind", "value"]  # fmt: skip
     table = pa.table({name: [r[i] for r in reversed(rows)] for i, name in enumerate(names)})
-    got = with_deltas(table)
+    got, follows = with_deltas(table)
+    assert follows.tolist() == [False, True, True, True, True]
     assert got.column("seq").to_pylist() == [1, 2, 3, 4, 5]
     assert got.column("delta").to_pylist() == [None, 10, 5, 5, 7]
