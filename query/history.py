@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from query.sql import arrow, where
+from query.sql import where
+from schemas.db import arrow
 from schemas.deltas import SERIES_COLUMNS, same_as_previous, with_deltas
 from schemas.models import SampleFilters
 from schemas.rollups import HOUR, marks

@@ -26,8 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from query.sql import arrow
-from schemas.db import Database
+from schemas.db import Database, arrow
 from schemas.times import rfc3339, utcnow
 
 log = logging.getLogger("omnimetrics.query")

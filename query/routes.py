@@ -11,8 +11,8 @@ from starlette.responses import Response
 
 from query.formats import encode, negotiate
 from query.history import HEAD, increase_snapshot
-from query.sql import arrow, latest_sql, series_sql, where
-from schemas.db import Database
+from query.sql import latest_sql, series_sql, where
+from schemas.db import Database, arrow
 from schemas.http import error_response
 from schemas.models import IncreaseParams, LatestParams, SampleFilters, SeriesParams
 from schemas.times import rfc3339, utcnow

@@ -1,17 +1,10 @@
 """History queries. Values are always bound as `$name`; the only text ever joined into
 SQL is the fixed fragments below, chosen by which filters were given."""
 
-import warnings
 from datetime import datetime
 from typing import Any
 
-import duckdb
-import pyarrow as pa
-
 from schemas.models import SampleFilters
-
-# DuckDB warns that Arrow from an executed query copies the rows once more; see `arrow`.
-warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
 
 COLUMNS = "seq, ts, tenant_id, tool_id, session_id, source, metric, kind, value"
 SERIES_KEY = "tenant_id, tool_id, session_id, source, metric"
@@ -42,14 +35,6 @@ def where(
         clauses.append("ts < $end")
         params["end"] = end
     return " AND ".join(clauses), params
-
-
-def arrow(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> pa.Table:
-    """Run `sql` once and fetch its rows as Arrow. `cur.sql(sql, params=...)` would bind
-    and optimize it twice (a relation is described before it runs): about 2 ms of a small
-    query. The extra copy DuckDB warns about costs less, even for large answers (720,000
-    samples: 59 ms this way, 75 ms through a relation)."""
-    return cur.execute(sql, params).to_arrow_table()
 
 
 def series_sql(cond: str) -> str:
