@@ -106,12 +106,9 @@ def clients(mode: str, url: str, n: int) -> Iterator[subprocess.Popen[str]]:
         yield proc
 
 
-def finish(proc: subprocess.Popen[str], since: str = "sent") -> dict[int, list[float]]:
-    """Latencies per seq, counted from the push's sending (`sent`) or from the message's
-    `timestamp` (`stamped`: the server's time of the event)."""
-    out, _ = proc.communicate(timeout=60)
-    by_seq = orjson.loads(out.strip().splitlines()[-1])[since]
-    return {int(k): v for k, v in by_seq.items()}
+def finish(proc: subprocess.Popen[str]) -> dict[int, list[float]]:
+    """One client process's latencies per seq, counted from the push's sending."""
+    return finish_all([proc])["sent"]
 
 
 @contextlib.contextmanager
@@ -123,7 +120,8 @@ def client_pool(url: str, n: int) -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def finish_all(procs: list[subprocess.Popen[str]]) -> dict[str, dict[int, list[float]]]:
-    """`finish` for every process, by both counts."""
+    """Latencies per seq from every process, counted from the push's sending (`sent`)
+    and from the message's `timestamp` (`stamped`: the server's time of the event)."""
     merged: dict[str, dict[int, list[float]]] = {"sent": {}, "stamped": {}}
     for proc in procs:
         out, _ = proc.communicate(timeout=60)
