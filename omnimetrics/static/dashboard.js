@@ -353,7 +353,7 @@ async function putSettings(change) {
   message.textContent = `saved: ${body.settings.performance_profile}, streaming ${body.settings.metrics_streaming ? "on" : "off"}`;
   document.getElementById("profile").value = body.settings.performance_profile;
   document.getElementById("streaming").checked = body.settings.metrics_streaming;
-  if (stream && state.connection.state !== "open") stream.reconnect(); // streaming may be back
+  if (stream && state.connection.state !== "open") stream.retryNow(); // streaming may be back
 }
 
 function showError(error) {

@@ -8,6 +8,7 @@
  *     if (message.type === "metrics") console.log(message.seq, message.deltas);
  *   }, { onStatus: (status) => console.log(status.state, status.attempt, status.reason) });
  *   stream.reconnect({ filters: { tool_id: "cursor" } });   // other filters, at once
+ *   stream.retryNow();   // the refusal may be over (e.g. streaming enabled again): no backoff
  *   stream.close();
  *
  * It remembers the cursor of the last batch it passed on and, when the connection drops
@@ -70,6 +71,7 @@ export function connect(filters, onMessage, options = {}) {
     socket: null,
     closed: false,
     timer: null,
+    hurry: false,
 
     /** Send a JSON message if the socket is open; returns whether it was sent. */
     send(message) {
@@ -98,6 +100,20 @@ export function connect(filters, onMessage, options = {}) {
       open();
     },
 
+    /** Skip the backoff once: when waiting, connect now; when a connection attempt is
+     * under way, leave it alone (closing it mid-handshake is an error in browsers) and,
+     * should it fail, reconnect at once instead of waiting. */
+    retryNow() {
+      if (this.closed) return;
+      if (this.socket) {
+        this.hurry = true;
+        return;
+      }
+      cancel(this.timer);
+      this.timer = null;
+      open();
+    },
+
     close() {
       this.closed = true;
       cancel(this.timer);
@@ -110,10 +126,15 @@ export function connect(filters, onMessage, options = {}) {
   function drop(socket) {
     if (!socket) return;
     socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
-    try {
-      socket.close(1000);
-    } catch {
-      // already closing
+    if (socket.readyState === 0) {
+      // Closing mid-handshake is reported as an error by browsers: close once it opens.
+      socket.onopen = () => socket.close(1000);
+    } else {
+      try {
+        socket.close(1000);
+      } catch {
+        // already closing
+      }
     }
     if (stream.socket === socket) stream.socket = null;
   }
@@ -131,6 +152,7 @@ export function connect(filters, onMessage, options = {}) {
       }
       if (message.type === "connected") {
         stream.attempt = 0;
+        stream.hurry = false;
         onStatus({ state: "open", attempt: 0, reason: null });
       }
       // The cursor moves only with batches passed on (and with a fresh `connected`).
@@ -142,7 +164,8 @@ export function connect(filters, onMessage, options = {}) {
     socket.onclose = (event) => {
       if (stream.socket !== socket || stream.closed) return;
       stream.socket = null;
-      const delay = backoff(stream.attempt, jitter);
+      const delay = stream.hurry ? 0 : backoff(stream.attempt, jitter);
+      stream.hurry = false;
       const reason = event.reason || (event.code === 1006 ? "connection lost" : `closed (${event.code})`);
       onStatus({ state: "waiting", attempt: stream.attempt + 1, reason, code: event.code, delay });
       stream.attempt += 1;

@@ -158,3 +158,42 @@ test("a refusal keeps its reason and still retries, slowly", () => {
   assert.equal(status.reason, "metrics streaming is disabled in settings");
   assert.equal(h.timers.length, 1);
 });
+
+test("retryNow connects at once when waiting, skipping the backoff", () => {
+  const h = harness();
+  h.last().drop(1008, "metrics streaming is disabled in settings");
+  const sockets = FakeSocket.all.length;
+  h.stream.retryNow();
+  assert.equal(FakeSocket.all.length, sockets + 1);
+  h.last().accept();
+  h.last().drop(); // a later drop backs off as usual
+  assert.equal(h.timers.at(-1).ms, 1000);
+});
+
+test("retryNow leaves a connection attempt alone, and reconnects at once if it fails", () => {
+  const h = harness();
+  h.last().drop(1008, "metrics streaming is disabled in settings");
+  h.fire(); // the backoff's attempt, still in its handshake
+  const attempt = h.last();
+  h.stream.retryNow();
+  assert.equal(attempt.closedWith, null);
+  assert.equal(FakeSocket.all.at(-1), attempt);
+  attempt.drop(1008, "metrics streaming is disabled in settings"); // sent before the change
+  assert.equal(h.timers.at(-1).ms, 0);
+  h.fire();
+  h.last().accept();
+  h.last().drop(); // hurried once only
+  assert.equal(h.timers.at(-1).ms, 1000);
+});
+
+test("a socket dropped in its handshake is closed once it opens, never before", () => {
+  const h = harness({ tool_id: "a" });
+  const first = h.last();
+  h.stream.reconnect({ filters: { tool_id: "b" } });
+  assert.equal(first.closedWith, null);
+  first.readyState = 1;
+  first.onopen();
+  assert.equal(first.closedWith, 1000);
+  first.receive({ type: "connected", cursor: "e:1" }); // nothing reaches the page
+  assert.equal(h.messages.length, 0);
+});
