@@ -77,13 +77,19 @@ def process(*args: str) -> Iterator[subprocess.Popen[str]]:
 
 
 @contextlib.contextmanager
-def omnimetrics(tmp: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def omnimetrics(
+    tmp: Path, commits: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`omnimetrics serve`; with `commits`, the writer's commit times land there on exit."""
     port = free_port()
     config = tmp / "bench.toml"
     # Every batch on its own (the stall run pushes far faster than the default pacing).
     config.write_text("sources = []\n[tenants.local]\nmax_events_per_minute = 1000000\n")
     db = tmp / f"bench-{port}.duckdb"
-    with process("-m", "omnimetrics.cli", "serve", "--port", str(port), "--db", str(db),
+    command = ["-m", "omnimetrics.cli"]
+    if commits is not None:
+        command = ["-m", "bench.serve_timed", "--commits-out", str(commits)]
+    with process(*command, "serve", "--port", str(port), "--db", str(db),
                  "--config", str(config)) as proc:  # fmt: skip
         wait_http(f"http://127.0.0.1:{port}/health")
         yield proc, f"127.0.0.1:{port}"
@@ -106,11 +112,6 @@ def clients(mode: str, url: str, n: int) -> Iterator[subprocess.Popen[str]]:
         yield proc
 
 
-def finish(proc: subprocess.Popen[str]) -> dict[int, list[float]]:
-    """One client process's latencies per seq, counted from the push's sending."""
-    return finish_all([proc])["sent"]
-
-
 @contextlib.contextmanager
 def client_pool(url: str, n: int) -> Iterator[list[subprocess.Popen[str]]]:
     """n latency clients spread over CLIENT_PROCESSES processes."""
@@ -119,15 +120,13 @@ def client_pool(url: str, n: int) -> Iterator[list[subprocess.Popen[str]]]:
         yield [stack.enter_context(clients("latency", url, share)) for _ in range(CLIENT_PROCESSES)]
 
 
-def finish_all(procs: list[subprocess.Popen[str]]) -> dict[str, dict[int, list[float]]]:
-    """Latencies per seq from every process, counted from the push's sending (`sent`)
-    and from the message's `timestamp` (`stamped`: the server's time of the event)."""
-    merged: dict[str, dict[int, list[float]]] = {"sent": {}, "stamped": {}}
+def arrivals(procs: list[subprocess.Popen[str]]) -> dict[int, list[float]]:
+    """Every client's arrival time of every message, per seq, from all the processes."""
+    merged: dict[int, list[float]] = {}
     for proc in procs:
         out, _ = proc.communicate(timeout=60)
-        for since, by_seq in orjson.loads(out.strip().splitlines()[-1]).items():
-            for seq, values in by_seq.items():
-                merged[since].setdefault(int(seq), []).extend(values)
+        for seq, times in orjson.loads(out.strip().splitlines()[-1]).items():
+            merged.setdefault(int(seq), []).extend(times)
     return merged
 
 
@@ -136,7 +135,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def summarize(received: dict[int, list[float]], expected: int, n_clients: int) -> dict[str, float]:
+def commit_times(path: Path) -> dict[int, float]:
+    """What bench/serve_timed.py wrote on exit: each commit's time, per last seq."""
+    return {int(seq): t for seq, t in orjson.loads(path.read_bytes()).items()}
+
+
+def summarize(
+    arrived: dict[int, list[float]], origin: dict[int, float], expected: int, n_clients: int
+) -> dict[str, float]:
+    """Latencies from each seq's `origin` time to every client's arrival."""
+    received = {seq: [t - origin[seq] for t in times] for seq, times in arrived.items()}
     latencies = [v for vs in received.values() for v in vs]
     complete = [vs for vs in received.values() if len(vs) == n_clients]
     nan = float("nan")
@@ -152,14 +160,15 @@ def summarize(received: dict[int, list[float]], expected: int, n_clients: int) -
 
 
 def push_ours(http: httpx.Client, filler: dict[str, int]) -> tuple[int, float]:
-    """Push one batch; its seq and how long the push took to be acknowledged (committed)."""
+    """Push one batch once it is committed; its seq and when it was sent."""
     sent = time.time()
     response = http.post("/ingest", json={"source": "bench", "kind": "gauge",
                                           "metrics": {**filler, "sent_at": sent}})  # fmt: skip
-    return response.json()["seq"], time.time() - sent
+    return response.json()["seq"], sent
 
 
 def push_baseline(http: httpx.Client, seq: int, filler: dict[str, int]) -> float | None:
+    """Broadcast one message; how long the broadcast held the lock (None: it timed out)."""
     message = {"type": "metrics", "seq": seq, "data": {"bench": {**filler, "sent_at": time.time()}}}
     try:
         response = http.post("/broadcast", content=orjson.dumps(message), timeout=2)
@@ -171,32 +180,32 @@ def push_baseline(http: httpx.Client, seq: int, filler: dict[str, int]) -> float
 
 def latency_run(tmp: Path) -> dict[str, dict[str, float]]:
     results = {}
-    with omnimetrics(tmp) as (_, addr), client_pool(f"ws://{addr}/ws/metrics",
-                                                    LATENCY_CLIENTS) as readers:  # fmt: skip
-        acked: dict[int, float] = {}
-        with httpx.Client(base_url=f"http://{addr}") as http:
-            for _ in range(BATCHES):
-                seq, took = push_ours(http, FILLER_1KB)
-                acked[seq] = took
-                time.sleep(1)
-            streams = http.get("/health").json()["streams"]
-        both = finish_all(readers)
-        received = both["sent"]
-        results["omnimetrics"] = summarize(received, BATCHES, LATENCY_CLIENTS)
-        after_ack = [v - acked[seq] for seq, vs in received.items() for v in vs]
-        results["omnimetrics"]["ack_to_receive_p99"] = pct(after_ack, 0.99) * 1000
-        stamped = [v for vs in both["stamped"].values() for v in vs]
-        results["omnimetrics"]["event_to_receive_p99"] = pct(stamped, 0.99) * 1000
-        for name in ("fanout_ms", "commit_to_sent_ms"):
-            for stat in ("p50", "max"):
-                results["omnimetrics"][f"server_{name}_{stat}"] = streams[name][stat]
+    commits = tmp / "commits.json"
+    with omnimetrics(tmp, commits) as (_, addr):
+        sent: dict[int, float] = {}
+        with client_pool(f"ws://{addr}/ws/metrics", LATENCY_CLIENTS) as readers:
+            with httpx.Client(base_url=f"http://{addr}") as http:
+                for _ in range(BATCHES):
+                    seq, at = push_ours(http, FILLER_1KB)
+                    sent[seq] = at
+                    time.sleep(1)
+                streams = http.get("/health").json()["streams"]
+            arrived = arrivals(readers)
+    committed = commit_times(commits)
+    results["commit"] = summarize(arrived, committed, BATCHES, LATENCY_CLIENTS)
+    results["push"] = summarize(arrived, sent, BATCHES, LATENCY_CLIENTS)
+    results["server"] = {f"{name}_{stat}": streams[name][stat]
+                         for name in ("fanout_ms", "commit_to_sent_ms")
+                         for stat in ("p50", "max")}  # fmt: skip
     with baseline() as (_, addr), client_pool(f"ws://{addr}/ws", LATENCY_CLIENTS) as readers:
         held = []
+        sent = {}
         with httpx.Client(base_url=f"http://{addr}") as http:
             for seq in range(BATCHES):
+                sent[seq] = time.time()
                 held.append(push_baseline(http, seq, FILLER_1KB))
                 time.sleep(1)
-        results["baseline"] = summarize(finish_all(readers)["sent"], BATCHES, LATENCY_CLIENTS)
+        results["baseline"] = summarize(arrivals(readers), sent, BATCHES, LATENCY_CLIENTS)
         results["baseline"]["lock_held_p50"] = statistics.median(h for h in held if h) * 1000
     return results
 
@@ -224,31 +233,39 @@ def dispatch_time() -> float:
 
 
 def stall_run(tmp: Path) -> dict[str, dict[str, float]]:
-    """100 clients, one of which stops reading; 400 ~20 KB batches at 50 per second."""
+    """100 clients, one of which stops reading; 400 ~20 KB batches at 50 per second.
+    Latencies from the commit for omnimetrics, from sending the broadcast for the baseline."""
     results = {}
+    commits = tmp / "stall-commits.json"
     for name in ("omnimetrics", "baseline"):
-        server = omnimetrics(tmp) if name == "omnimetrics" else baseline()
+        server = omnimetrics(tmp, commits) if name == "omnimetrics" else baseline()
         with server as (_, addr):
             path = "/ws/metrics" if name == "omnimetrics" else "/ws"
             host, port = addr.split(":")
             with clients("latency", f"ws://{addr}{path}", STALL_CLIENTS - 1) as readers:
                 stalled = StalledWebSocket(host, int(port), path)
                 stuck = 0
+                sent: dict[int, float] = {}
                 with httpx.Client(base_url=f"http://{addr}") as http:
                     started = time.monotonic()
                     for seq in range(STALL_BATCHES):
                         if name == "omnimetrics":
-                            push_ours(http, FILLER_20KB)
-                        elif push_baseline(http, seq, FILLER_20KB) is None:
-                            stuck += 1
+                            ours, at = push_ours(http, FILLER_20KB)
+                            sent[ours] = at
+                        else:
+                            sent[seq] = time.time()
+                            stuck += push_baseline(http, seq, FILLER_20KB) is None
                             if stuck >= 3:  # every broadcast now waits on the stalled client
                                 break
                         time.sleep(0.02)
                     elapsed = time.monotonic() - started
                 time.sleep(2)
-                results[name] = summarize(finish(readers), STALL_BATCHES, STALL_CLIENTS - 1)
-                results[name]["seconds"] = elapsed
+                arrived = arrivals([readers])
                 stalled.sock.close()
+        if name == "omnimetrics":
+            sent = commit_times(commits)
+        results[name] = summarize(arrived, sent, STALL_BATCHES, STALL_CLIENTS - 1)
+        results[name]["seconds"] = elapsed
     return results
 
 
@@ -293,33 +310,32 @@ def run() -> None:
         lat = latency_run(tmp)
         print(f"stream: {LATENCY_CLIENTS} WS clients in {CLIENT_PROCESSES} processes, "
               f"1 batch/s of ~1 KB, {BATCHES} batches")  # fmt: skip
-        print("  ms: p50/p99 = send-to-receive over all clients; last_p50 = until the last client;")
-        print(
-            "      spread_p50 = first-to-last client, i.e. the time to fan one message out to all"
-        )
-        print(f"  omnimetrics: {fmt(lat['omnimetrics'])}")
-        print(f"  baseline ConnectionManager (lock, await each): {fmt(lat['baseline'])}")
-        o, b = lat["omnimetrics"], lat["baseline"]
-        print(f"  commit-to-receive p99 (target <= 50) lies between {o['ack_to_receive_p99']:.1f} "
-              f"(from the 202) and {o['event_to_receive_p99']:.1f} ms (from the event's "
-              f"timestamp, taken before the commit); {o['p99']:.1f} from sending the push"
+        print("  latency in ms over every client and batch: p50, p99; last_p50 = until the last")
+        print("  client; spread_p50 = first to last client (the fan-out as the clients see it)")
+        c, o, b, srv = lat["commit"], lat["push"], lat["baseline"], lat["server"]
+        print(f"  omnimetrics, commit-to-receive (target p99 <= 50): {fmt(c)}")
+        print("    from the writer's commit, stamped in its thread, to each client's arrival")
+        print(f"  omnimetrics, from sending the push (HTTP, validation, commit too): {fmt(o)}")
+        print(f"  baseline ConnectionManager (lock, await each), from sending the broadcast: "
+              f"{fmt(b)}")  # fmt: skip
+        print(f"  ratio omnimetrics/baseline: p99 (commit-to-receive/broadcast-to-receive) "
+              f"{c['p99'] / b['p99']:.2f}, fan-out spread {c['spread_p50'] / b['spread_p50']:.2f}"
               )  # fmt: skip
         print(f"  server fan-out, dispatch to the last client's send: "
-              f"{o['server_fanout_ms_p50']:.1f} ms p50, {o['server_fanout_ms_max']:.1f} max "
+              f"{srv['fanout_ms_p50']:.1f} ms p50, {srv['fanout_ms_max']:.1f} max "
               f"(target <= 20)")  # fmt: skip
         floor = write_floor.median_ms(LATENCY_CLIENTS, CLIENT_PROCESSES)
         print(f"  floor: one thread writing the same 1 KB to {LATENCY_CLIENTS:,} loopback sockets "
               f"whose readers wait in {CLIENT_PROCESSES} processes: {floor:.1f} ms p50; "
-              f"fan-out/floor {o['server_fanout_ms_p50'] / floor:.2f}")  # fmt: skip
-        print(f"  server commit to the last client's send: {o['server_commit_to_sent_ms_p50']:.1f} "
-              f"ms p50, {o['server_commit_to_sent_ms_max']:.1f} max")  # fmt: skip
-        print(f"  ratio omnimetrics/baseline: p99 {o['p99'] / b['p99']:.2f}, "
-              f"fan-out spread {o['spread_p50'] / b['spread_p50']:.2f}")  # fmt: skip
+              f"fan-out/floor {srv['fanout_ms_p50'] / floor:.2f}")  # fmt: skip
+        print(f"  server, commit notice to the last client's send: "
+              f"{srv['commit_to_sent_ms_p50']:.1f} ms p50, {srv['commit_to_sent_ms_max']:.1f} max"
+              )  # fmt: skip
         print(f"  hub dispatch in-process (encode once, queue for 1,000): {dispatch_time():.2f} ms")
         stall = stall_run(tmp)
         print(f"stall: {STALL_CLIENTS} clients, one stops reading; {STALL_BATCHES} ~20 KB batches")
-        print(f"  omnimetrics: {fmt(stall['omnimetrics'])}")
-        print(f"  baseline:    {fmt(stall['baseline'])}")
+        print(f"  omnimetrics, from the commit: {fmt(stall['omnimetrics'])}")
+        print(f"  baseline, from the broadcast: {fmt(stall['baseline'])}")
         rss = idle_rss(tmp)
         print(f"memory: RSS per idle WS connection at {IDLE_CLIENTS:,} connections")
         ours, bare = rss["omnimetrics"], rss["bare websockets"]

@@ -1,62 +1,55 @@
 """WebSocket clients in their own process, for the stream benchmarks.
 
-`latency`: N clients read until told to stop; for every message carrying a `sent_at`
-value, records how long after it was sent each client received it, and how long after
-the message's own `timestamp` (for a push without `ts`, when the server took the event
-in, just before its commit), as JSON on stdout.
+`latency`: N clients read until stdin closes, then print as JSON on stdout, per `seq`,
+every client's arrival time (`time.time()` when the bytes reached the process, before
+parsing) of every `metrics` message: the benchmark holds the clocks to subtract (the
+push's sending, the writer's commit).
 `idle`: N clients connect, print "ready", and hold their connections until stdin closes.
 
 Each client is the `websockets` library's sans-I/O protocol driven from an asyncio
-protocol: the same handshake and frame parsing as its asyncio client, without a task
-switch and a queue per message. A Python process reading 1,000 messages at once was
-itself most of the measured latency (the server's and the baseline's alike).
+protocol on uvloop: the same handshake and frame parsing as its asyncio client, without a
+task switch and a queue per message; the JSON is parsed after the run. A Python process
+reading 500 messages at once is itself part of the measured latency (the server's and
+the baseline's alike), which a browser per user does not add.
 """
 
 import argparse
 import asyncio
 import sys
 import time
-from datetime import datetime
-from typing import Any
+from typing import cast
 
 import orjson
+import uvloop
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-Latencies = dict[str, dict[int, list[float]]]  # by what they count from, per seq
+Arrivals = list[tuple[float, bytes]]  # (time, text frame), in arrival order
 
 
-def sent_at(message: dict[str, Any]) -> float | None:
-    for source in message.get("data", {}).values():
-        value = source.get("sent_at")
-        if isinstance(value, int | float):
-            return float(value)
-    return None
-
-
-def record(raw: bytes, now: float, out: Latencies) -> None:
-    message = orjson.loads(raw)
-    if message.get("type") == "metrics" and (t := sent_at(message)) is not None:
-        out["sent"].setdefault(message["seq"], []).append(now - t)
-        if "timestamp" in message:
-            stamped = datetime.fromisoformat(message["timestamp"]).timestamp()
-            out["stamped"].setdefault(message["seq"], []).append(now - stamped)
+def by_seq(arrivals: Arrivals) -> dict[int, list[float]]:
+    """Arrival times of the `metrics` messages, per seq."""
+    out: dict[int, list[float]] = {}
+    for at, raw in arrivals:
+        message = orjson.loads(raw)
+        if message.get("type") == "metrics":
+            out.setdefault(message["seq"], []).append(at)
+    return out
 
 
 class Client(asyncio.Protocol):
     """One connection; `greeted` resolves with the server's first message (`connected`)."""
 
-    def __init__(self, url: str, out: Latencies) -> None:
+    def __init__(self, url: str, out: Arrivals) -> None:
         self.ws = ClientProtocol(parse_uri(url), max_size=None)
         self.out = out
         self.greeted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self.ws.send_request(self.ws.connect())
         self._flush()
 
@@ -71,7 +64,7 @@ class Client(asyncio.Protocol):
                 if not self.greeted.done():
                     self.greeted.set_result(None)
                 else:
-                    record(event.data, now, self.out)
+                    self.out.append((now, event.data))
         self._flush()  # pongs, and the close handshake
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -85,7 +78,7 @@ class Client(asyncio.Protocol):
                 self.transport.write(chunk)
 
 
-async def open_all(url: str, n: int, out: Latencies) -> list[Client]:
+async def open_all(url: str, n: int, out: Arrivals) -> list[Client]:
     loop = asyncio.get_running_loop()
     host, port = parse_uri(url).host, parse_uri(url).port
     clients: list[Client] = []
@@ -108,17 +101,18 @@ async def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--clients", type=int, required=True)
     args = parser.parse_args()
-    received: Latencies = {"sent": {}, "stamped": {}}
-    clients = await open_all(args.url, args.clients, received)
+    arrivals: Arrivals = []
+    clients = await open_all(args.url, args.clients, arrivals)
     print("ready", flush=True)
     await wait_stdin_closed()
     for client in clients:
         if client.transport is not None:
             client.transport.abort()
     if args.mode == "latency":
-        out = {name: {str(k): v for k, v in by_seq.items()} for name, by_seq in received.items()}
+        out = {str(seq): times for seq, times in by_seq(arrivals).items()}
         print(orjson.dumps(out).decode(), flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

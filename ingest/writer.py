@@ -8,13 +8,16 @@ announces "appended up to seq N" on the event loop.
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple, TypeVar
 
 import duckdb
 import numpy as np
+import numpy.ma  # noqa: F401  (pyarrow's first NumPy conversion would import it)
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (so would the first `unique()`: not in the first push)
 
 from schemas import rollups
 from schemas.db import Database
@@ -199,15 +202,17 @@ class Writer:
         self._next_batch += 1
         commit = Commit(batch, first, first + n - 1, n)
         if n:
-            self._announce(commit, table)
+            self._announce(commit, table, time.time())
         return commit
 
-    def _announce(self, commit: Commit, table: pa.Table) -> None:
+    def _announce(self, commit: Commit, table: pa.Table, committed_at: float) -> None:
         # Posted to the loop from this thread, so the stream hears of every commit even
         # if the coroutine that asked for the write was cancelled meanwhile.
         tenants = frozenset(table.column("tenant_id").unique().to_pylist())
         ts: datetime = table.column("ts")[table.num_rows - 1].as_py()
-        appended = Appended(commit.batch, commit.first_seq, commit.last_seq, ts, tenants)
+        appended = Appended(
+            commit.batch, commit.first_seq, commit.last_seq, ts, tenants, committed_at
+        )
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._signal.publish, appended)
 

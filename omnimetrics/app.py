@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -31,7 +31,7 @@ from query.routes import CURSOR_HEADER
 from query.routes import router as query_router
 from schemas.db import Database
 from schemas.http import JSONResponse, validation_error_response
-from schemas.signals import AppendSignal
+from schemas.signals import AppendSignal, Listener
 from schemas.tenants import (
     TenantRegistry,
     TenantSettings,
@@ -151,8 +151,12 @@ async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterat
             await task
 
 
-def create_app(settings: Settings, config: Config | None = None) -> App:
-    """The app; its lifespan opens every resource and closes them in reverse."""
+def create_app(
+    settings: Settings, config: Config | None = None, commit_listeners: Sequence[Listener] = ()
+) -> App:
+    """The app; its lifespan opens every resource and closes them in reverse.
+    `commit_listeners` also hear the writer's commit notices (after the stream's tail; an
+    embedding program's or a benchmark's clock), under the signal's rule: never block."""
     config = config if config is not None else load_config(settings.config)
     sources = sources_for(settings, config)
     drain = Drain()
@@ -184,6 +188,8 @@ def create_app(settings: Settings, config: Config | None = None) -> App:
             stack.callback(hub.close)
             tail = Tail(db, hub)
             stack.callback(signal.subscribe(tail.notify))
+            for listener in commit_listeners:
+                stack.callback(signal.subscribe(listener))
             await stack.enter_async_context(_background(tail.run(), "omnimetrics-tail"))
             mirror = keep_mirror(db, settings.export_interval_seconds)
             await stack.enter_async_context(_background(mirror, "omnimetrics-mirror"))

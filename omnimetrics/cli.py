@@ -20,6 +20,7 @@ from omnimetrics.settings import Config, ConfigError, Settings, load_config
 from query.export import export
 from schemas.db import Database
 from schemas.http import describe_errors
+from schemas.signals import Listener
 
 
 def fail(message: str) -> NoReturn:
@@ -79,7 +80,10 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(settings: Settings, config: Config) -> None:
+async def _serve(
+    settings: Settings, config: Config, commit_listeners: Sequence[Listener] = ()
+) -> None:
+    """What `omnimetrics serve` runs (with the demo upstreams if asked), until a signal."""
     log_level = settings.log_level
     demos: list[Server] = []
     if settings.demo:
@@ -99,7 +103,7 @@ async def _serve(settings: Settings, config: Config) -> None:
                 f"{settings.demo_embeddings_port}/{settings.demo_compression_port} free?)"
             )
         await asyncio.sleep(0.05)
-    app = create_app(settings, config)
+    app = create_app(settings, config, commit_listeners)
     main = build_server(
         app,
         settings.host,
@@ -149,7 +153,8 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, commit_listeners: Sequence[Listener] = ()) -> int:
+    """The command line; `commit_listeners` hear the writer's commits (bench/serve_timed.py)."""
     args = _parser().parse_args(argv)
     if args.command == "export":
         return _export(args)
@@ -165,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_database(settings)
     _check_tls(settings)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_serve(settings, config))
+        runner.run(_serve(settings, config, commit_listeners))
     return 0
 
 

@@ -14,6 +14,7 @@ class Appended:
     last_seq: int
     ts: datetime
     tenant_ids: frozenset[str]
+    committed_at: float  # time.time() just after the commit, in the writer's thread
 
 
 Listener = Callable[[Appended], None]

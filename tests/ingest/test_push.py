@@ -1,5 +1,6 @@
 """`POST /ingest` against the real app under uvicorn."""
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ import pytest
 
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
+from schemas.signals import Appended
 from tests.helpers import serve
 
 
@@ -47,6 +49,20 @@ def test_push_is_committed_before_the_202(base: str) -> None:
     assert sample["metric"] == "tokens_saved" and sample["value"] == 1234
     assert sample["kind"] == "delta" and sample["tool_id"] == "claude-code"
     assert sample["tenant_id"] == "local" and sample["session_id"] == "s-1"
+
+
+def test_commit_listeners_hear_each_push_committed_before_its_202(tmp_path: Path) -> None:
+    heard: list[Appended] = []
+    app = create_app(Settings(db=tmp_path / "l.duckdb"), Config(sources=[]), [heard.append])
+    with serve(app) as base:
+        seqs = []
+        for n in (1, 3):
+            sent = time.time()
+            response = httpx.post(f"{base}/ingest", json={"events": [event()] * n})
+            acked = time.time()
+            seqs.append(response.json()["seq"])
+            assert sent < heard[-1].committed_at < acked
+    assert [(a.first_seq, a.last_seq) for a in heard] == [(1, 1), (2, 4)] and seqs == [1, 4]
 
 
 def test_batch_push_is_one_batch_in_time_order(base: str) -> None:
