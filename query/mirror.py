@@ -2,20 +2,26 @@
 
 DuckDB lets no other process open a file a writer holds, and a reader holding it would
 block the writer's restart. So the service copies every new sample to Parquet files beside
-the database, one per hour of sample time (`<db>.parquet/samples/day=YYYY-MM-DD/HH.parquet`),
-and records how far it got in `meta.json`.
+the database, one per hour of sample time, and lists them in `meta.json` with how far it
+got (`<db>.parquet/meta.json`, `<db>.parquet/samples/day=YYYY-MM-DD/HH-<seq>.parquet`).
 
-An export rewrites the hours it adds to: the old rows plus the new, written under a
-temporary name and renamed over the file. A reader sees the old file or the new one
-whole, never neither and never both, so no row is missing or counted twice while the
-service writes; and the mirror holds 24 files a day however often it exports.
+A file never changes once written: DuckDB opens a file by its path several times in one
+query (for its footer, then for the data), so a file replaced under it mixes two
+versions ("TProtocolException: Invalid data"). An export that adds rows to an hour writes
+that hour anew under a new name (the old rows plus the new), then lists it in `meta.json`
+in place of the old one (one atomic rename). Readers take the list from `meta.json`, so
+they see each row exactly once; a file no longer listed is deleted `GRACE_SECONDS` later,
+when no query that read the old list can still be opening it. The mirror lists 24 files a
+day however often it exports.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -32,7 +38,9 @@ from schemas.times import rfc3339, utcnow
 log = logging.getLogger("omnimetrics.query")
 
 CHUNK_ROWS = 1_000_000
-LAYOUT = 2  # one file per hour; layout 1 had one file per export
+# 3: immutable hour files listed in meta.json; 2 rewrote HH.parquet in place; 1: file per export
+LAYOUT = 3
+GRACE_SECONDS = 600.0
 _NEW = """
 SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value
 FROM samples WHERE seq > $after AND seq <= $upto ORDER BY seq
@@ -64,23 +72,36 @@ def _write_text(text: str, path: Path) -> None:
     path.write_text(text)
 
 
-def _append_hour(path: Path, rows: pa.Table, done: int) -> None:
-    """Rewrite one hour's file with `rows` added. Rows after `done` already in it came
-    from an export that stopped before recording its progress: they are in `rows` again."""
-    if path.exists():
-        old = pq.read_table(path, schema=rows.schema)
-        rows = pa.concat_tables([old.filter(pc.less_equal(old.column("seq"), done)), rows])
-    _write_atomically(path, partial(pq.write_table, rows))
+def _append_hour(old: Path | None, rows: pa.Table, done: int, new: Path) -> None:
+    """Write `new`: the hour's rows from `old` plus `rows`. Rows after `done` already in
+    `old` came from an export that stopped before recording its progress: they are in
+    `rows` again."""
+    if old is not None and old.exists():
+        previous = pq.read_table(old, schema=rows.schema)
+        kept = previous.filter(pc.less_equal(previous.column("seq"), done))
+        rows = pa.concat_tables([kept, rows])
+    _write_atomically(new, partial(pq.write_table, rows))
 
 
-def export_new(cur: duckdb.DuckDBPyConnection, mirror: Path, epoch: str) -> int:
-    """Append samples committed since the last export; returns the seq now mirrored."""
+def listed_files(mirror: Path, meta: dict[str, object] | None = None) -> list[Path]:
+    """The files that hold the mirror now, one per hour, as `meta.json` lists them."""
+    names = (read_meta(mirror) if meta is None else meta).get("files", [])
+    return [mirror / "samples" / str(name) for name in names] if isinstance(names, list) else []
+
+
+def export_new(
+    cur: duckdb.DuckDBPyConnection, mirror: Path, epoch: str, grace: float = GRACE_SECONDS
+) -> int:
+    """Append samples committed since the last export; returns the seq now mirrored.
+    Files no longer listed for `grace` seconds are deleted."""
     meta = read_meta(mirror)
     if meta.get("epoch") != epoch or meta.get("layout") != LAYOUT:
         # Another database, or files of an older layout: build the mirror again.
         shutil.rmtree(mirror, ignore_errors=True)
         meta = {}
     done = int(str(meta.get("seq", 0)))
+    samples = mirror / "samples"
+    by_hour = {_hour_of(path.name, path.parent.name): path for path in listed_files(mirror, meta)}
     (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
     while done < head:
         upto = min(head, done + CHUNK_ROWS)
@@ -89,14 +110,49 @@ def export_new(cur: duckdb.DuckDBPyConnection, mirror: Path, epoch: str) -> int:
         hours = pc.strftime(table.column("ts"), format="%Y-%m-%d/%H")
         for hour in pc.unique(hours).to_pylist():
             day, hh = hour.split("/")
-            folder = mirror / "samples" / f"day={day}"
+            folder = samples / f"day={day}"
             folder.mkdir(parents=True, exist_ok=True)
-            _append_hour(folder / f"{hh}.parquet", table.filter(pc.equal(hours, hour)), done)
+            new = folder / f"{hh}-{upto:020d}.parquet"
+            old = by_hour.get((folder.name, hh))
+            _append_hour(old, table.filter(pc.equal(hours, hour)), done, new)
+            by_hour[(folder.name, hh)] = new
+            if old is not None and old != new:
+                _retire(old)
         done = upto
-        record = {"epoch": epoch, "layout": LAYOUT, "seq": done, "exported_at": rfc3339(utcnow())}
+        record = {
+            "epoch": epoch,
+            "layout": LAYOUT,
+            "seq": done,
+            "exported_at": rfc3339(utcnow()),
+            "files": sorted(str(path.relative_to(samples)) for path in by_hour.values()),
+        }
         mirror.mkdir(parents=True, exist_ok=True)
         _write_atomically(mirror / "meta.json", partial(_write_text, json.dumps(record)))
+    _delete_unlisted(samples, set(by_hour.values()), grace)
     return done
+
+
+def _hour_of(name: str, day: str) -> tuple[str, str]:
+    return day, name.split("-", 1)[0]
+
+
+def _retire(path: Path) -> None:
+    """Start a superseded file's grace period now (it may have been written long ago)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(path)
+
+
+def _delete_unlisted(samples: Path, listed: set[Path], grace: float) -> None:
+    """Delete files (superseded, or left by an export that died) unlisted for `grace` s."""
+    if not samples.is_dir():
+        return
+    cutoff = time.time() - grace
+    for path in samples.glob("day=*/*"):
+        if path in listed:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
 
 
 async def keep_mirror(db: Database, interval: float) -> None:

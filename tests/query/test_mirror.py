@@ -1,10 +1,13 @@
-"""The Parquet mirror: one file per hour however often it exports, each row exactly once,
-also for a reader querying while exports rewrite the files it reads."""
+"""The Parquet mirror: one listed file per hour however often it exports, each row exactly
+once, files that never change once written, also for a reader querying while exports
+supersede the files it reads."""
 
 import json
+import os
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +15,7 @@ import pytest
 
 from ingest.writer import Writer
 from query import connect
-from query.mirror import export_new, mirror_dir
+from query.mirror import GRACE_SECONDS, export_new, listed_files, mirror_dir
 from schemas.db import Database
 from schemas.rows import SampleRow
 from schemas.signals import AppendSignal
@@ -34,8 +37,8 @@ async def writer(db: Database) -> AsyncIterator[Writer]:
     await w.close()
 
 
-def export(db: Database) -> int:
-    return db.read_sync(lambda cur: export_new(cur, mirror_dir(db.path), db.epoch))
+def export(db: Database, grace: float = GRACE_SECONDS) -> int:
+    return db.read_sync(lambda cur: export_new(cur, mirror_dir(db.path), db.epoch, grace))
 
 
 def counts(db: Database) -> tuple[int, int]:
@@ -47,24 +50,60 @@ def counts(db: Database) -> tuple[int, int]:
         con.close()
 
 
-def files(db: Database) -> list[str]:
-    folder = mirror_dir(db.path) / "samples"
-    return sorted(str(p.relative_to(folder)) for p in folder.glob("*/*"))
+def hours(db: Database) -> list[str]:
+    """The hours of the files meta.json lists, as `day=…/HH`."""
+    return [f"{p.parent.name}/{p.name.split('-')[0]}" for p in listed_files(mirror_dir(db.path))]
 
 
-async def test_many_exports_make_one_file_per_hour(db: Database, writer: Writer) -> None:
+def on_disk(db: Database) -> list[Path]:
+    return sorted((mirror_dir(db.path) / "samples").glob("*/*"))
+
+
+async def test_many_exports_list_one_file_per_hour(db: Database, writer: Writer) -> None:
     # 40 exports, each adding 100 samples that span 9:30 to 11:10.
     for i in range(40):
         await writer.append(rows(T0 + timedelta(seconds=150 * i), 100))
         export(db)
-    assert files(db) == ["day=2026-11-20/09.parquet", "day=2026-11-20/10.parquet",
-                         "day=2026-11-20/11.parquet"]  # fmt: skip
+    assert hours(db) == ["day=2026-11-20/09", "day=2026-11-20/10", "day=2026-11-20/11"]
     assert counts(db) == (4000, 4000)
     # Late rows for an hour already exported join its file.
     await writer.append(rows(T0 - timedelta(days=1), 5))
     export(db)
-    assert "day=2026-11-19/09.parquet" in files(db) and len(files(db)) == 4
+    assert "day=2026-11-19/09" in hours(db) and len(hours(db)) == 4
     assert counts(db) == (4005, 4005)
+    # Superseded files stay for the grace period, then go; listed ones stay.
+    assert len(on_disk(db)) > 4
+    await writer.append(rows(T0, 1))
+    export(db, grace=0)
+    assert on_disk(db) == sorted(listed_files(mirror_dir(db.path)))
+
+
+async def test_a_file_never_changes_once_written(db: Database, writer: Writer) -> None:
+    # DuckDB opens a file by its path several times in one query: a file replaced in
+    # between would mix two versions. So a path, once written, keeps its bytes.
+    seen: dict[Path, bytes] = {}
+    for i in range(20):
+        await writer.append(rows(T0 + timedelta(seconds=10 * i), 10))
+        export(db)
+        for path in on_disk(db):
+            content = path.read_bytes()
+            assert seen.setdefault(path, content) == content, path
+    assert len(seen) == 20 and len(listed_files(mirror_dir(db.path))) == 1
+
+
+async def test_an_export_that_died_leaves_files_that_are_deleted_later(
+    db: Database, writer: Writer
+) -> None:
+    await writer.append(rows(T0, 10))
+    export(db)
+    stray = mirror_dir(db.path) / "samples" / "day=2026-11-20" / ".09-x.parquet.1.abc.tmp"
+    stray.write_bytes(b"half a file")
+    await writer.append(rows(T0, 10))
+    export(db)
+    assert stray.exists()  # it might be another export's, still being written
+    os.utime(stray, (0, 0))
+    export(db)
+    assert not stray.exists() and counts(db) == (20, 20)
 
 
 async def test_an_export_stopped_before_recording_progress_counts_nothing_twice(
@@ -90,26 +129,31 @@ async def test_a_mirror_of_the_old_layout_is_rebuilt(db: Database, writer: Write
     pq.write_table(pa.table({"seq": [1]}), old)
     (mirror / "meta.json").write_text(json.dumps({"epoch": db.epoch, "seq": 5}))
     assert export(db) == 5
-    assert files(db) == ["day=2026-11-20/09.parquet"]
+    assert not old.exists() and hours(db) == ["day=2026-11-20/09"]
     assert counts(db) == (5, 5)
 
 
-async def test_a_reader_never_sees_rows_missing_or_twice_while_exports_rewrite(
+async def test_readers_never_see_rows_missing_or_twice_while_exports_supersede_files(
     db: Database, writer: Writer
 ) -> None:
     await writer.append(rows(T0, 50))
     export(db)
-    seen: list[tuple[int, int]] = []
+    held: list[tuple[int, int]] = []  # one connection kept open: it follows the exports
+    fresh: list[tuple[int, int]] = []  # a new connection (a new DuckDB) for each query
     errors: list[BaseException] = []
     stop = threading.Event()
+    query = "SELECT count(*), count(DISTINCT seq) FROM samples"
 
     def read() -> None:
         con = connect(db.path)
         try:
             while not stop.is_set():
-                seen.append(
-                    con.sql("SELECT count(*), count(DISTINCT seq) FROM samples").fetchall()[0]
-                )
+                held.append(con.sql(query).fetchall()[0])
+                new = connect(db.path)
+                try:
+                    fresh.append(new.sql(query).fetchall()[0])
+                finally:
+                    new.close()
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
         finally:
@@ -118,14 +162,16 @@ async def test_a_reader_never_sees_rows_missing_or_twice_while_exports_rewrite(
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for i in range(1, 60):  # every export rewrites the 9:00 file the reader reads
+        for i in range(1, 400):  # every export supersedes the 9:00 file the readers read
             await writer.append(rows(T0 + timedelta(seconds=i), 50))
             export(db)
     finally:
         stop.set()
         reader.join(timeout=30)
     assert not errors, errors
-    assert len(seen) > 10
-    assert all(total == distinct for total, distinct in seen)  # never twice
-    assert [t for t, _ in seen] == sorted(t for t, _ in seen)  # never fewer than before
-    assert seen[-1][0] <= 3000 and counts(db) == (3000, 3000)
+    assert len(fresh) > 10 and len(held) > 10
+    for seen in (held, fresh):
+        assert all(total == distinct for total, distinct in seen)  # never twice
+        assert [t for t, _ in seen] == sorted(t for t, _ in seen)  # never fewer than before
+    assert len({t for t, _ in held}) > 1  # the open connection saw later exports
+    assert counts(db) == (20000, 20000)
