@@ -328,7 +328,7 @@ def run() -> None:
         print(f"  floor: one thread writing the same 1 KB to {LATENCY_CLIENTS:,} loopback sockets "
               f"whose readers wait in {CLIENT_PROCESSES} processes: {floor:.1f} ms p50; "
               f"fan-out/floor {srv['fanout_ms_p50'] / floor:.2f}")  # fmt: skip
-        print(f"  server, commit notice to the last client's send: "
+        print(f"  server, commit to the last client's send: "
               f"{srv['commit_to_sent_ms_p50']:.1f} ms p50, {srv['commit_to_sent_ms_max']:.1f} max"
               )  # fmt: skip
         print(f"  hub dispatch in-process (encode once, queue for 1,000): {dispatch_time():.2f} ms")

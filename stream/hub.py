@@ -237,7 +237,7 @@ class Hub:
         self._emptied.set()
         self.closed = False
         # Until the last matching client's send returned: from dispatch (the fan-out
-        # itself), and from the writer's commit notice (the server's commit-to-receive).
+        # itself), and from the writer's commit (the server's part of commit-to-receive).
         self.fanout_ms: deque[float] = deque(maxlen=100)
         self.commit_to_sent_ms: deque[float] = deque(maxlen=100)
         self._pending: dict[int, list[float]] = {}
@@ -319,7 +319,7 @@ class Hub:
         self, batches: Iterable[Batch], upto: int, committed_at: float | None = None
     ) -> None:
         """Hand out batches (in seq order) up to `upto`: one encoding per distinct filter.
-        `committed_at` (perf_counter) is when the writer's notice arrived."""
+        `committed_at` (perf_counter) is when the writer committed the first of them."""
         dispatched = time.perf_counter()
         committed = committed_at if committed_at is not None else dispatched
         tracked = set()

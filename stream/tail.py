@@ -29,7 +29,9 @@ class Tail:
         """The writer's listener: never blocks, just records how far there is to read."""
         self._target = max(self._target, appended.last_seq)
         if self._committed_at is None:
-            self._committed_at = time.perf_counter()
+            # The commit's own time (the writer's thread, wall clock) on this clock, so the
+            # hand-off to the loop counts too.
+            self._committed_at = time.perf_counter() - max(0.0, time.time() - appended.committed_at)
         self._wake.set()
 
     async def run(self) -> None:
