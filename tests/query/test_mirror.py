@@ -2,6 +2,7 @@
 once, files that never change once written, also for a reader querying while exports
 supersede the files it reads."""
 
+import gc
 import json
 import os
 import threading
@@ -175,3 +176,29 @@ async def test_readers_never_see_rows_missing_or_twice_while_exports_supersede_f
         assert [t for t, _ in seen] == sorted(t for t, _ in seen)  # never fewer than before
     assert len({t for t, _ in held}) > 1  # the open connection saw later exports
     assert counts(db) == (20000, 20000)
+
+
+def started_follower(before: set[threading.Thread]) -> threading.Thread:
+    (thread,) = [t for t in threading.enumerate() if t not in before
+                 and t.name == "omnimetrics-mirror-follower"]  # fmt: skip
+    return thread
+
+
+async def test_a_connection_closed_or_dropped_stops_following(db: Database, writer: Writer) -> None:
+    await writer.append(rows(T0, 5))
+    export(db)
+    before = set(threading.enumerate())
+    con = connect(db.path)
+    follower = started_follower(before)
+    con.close()
+    await writer.append(rows(T0, 5))
+    export(db)  # the next look at the list finds the connection closed
+    follower.join(timeout=5)
+    assert not follower.is_alive()
+    before = set(threading.enumerate())
+    dropped = connect(db.path)
+    follower = started_follower(before)
+    del dropped
+    gc.collect()
+    follower.join(timeout=5)
+    assert not follower.is_alive()
