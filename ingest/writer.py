@@ -8,6 +8,7 @@ announces "appended up to seq N" on the event loop.
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -19,8 +20,10 @@ import numpy.ma  # noqa: F401  (pyarrow's first NumPy conversion would import it
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (so would the first `unique()`: not in the first push)
 
+from ingest.series import DEFAULT_MAX_SERIES_PER_TENANT, SeriesIndex, TooManySeries
 from schemas import rollups
 from schemas.db import Database
+from schemas.labels import NO_LABELS
 from schemas.rows import SampleRow, ScrapeRow, to_arrow
 from schemas.signals import Appended, AppendSignal
 from schemas.times import utcnow
@@ -28,11 +31,10 @@ from schemas.times import utcnow
 T = TypeVar("T")
 
 # Column lists are constants: the only identifiers the writer ever puts into SQL.
-_INSERT_SAMPLES = """
-INSERT INTO samples
-SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value
-FROM incoming_samples
+_INSERT_POINTS = """
+INSERT INTO points SELECT seq, batch, ts, series_id, kind, value FROM incoming_points
 """
+_INSERT_SERIES = "INSERT INTO series_keys SELECT * FROM incoming_series"
 _INSERT_SCRAPES = """
 INSERT INTO scrapes
 SELECT batch, ts, tenant_id, tool_id, source, up, duration_seconds, error FROM incoming_scrapes
@@ -56,13 +58,23 @@ class Commit(NamedTuple):
     first_seq: int
     last_seq: int
     rows: int
+    skipped: int = 0  # samples of new series over their tenant's limit (scrapes only)
+
+
+__all__ = ["Commit", "EventKey", "TooManySeries", "Writer"]
 
 
 class Writer:
     """Owns the one write connection. Start it, append through it, close it."""
 
-    def __init__(self, db: Database, signal: AppendSignal) -> None:
+    def __init__(
+        self,
+        db: Database,
+        signal: AppendSignal,
+        max_series_per_tenant: int = DEFAULT_MAX_SERIES_PER_TENANT,
+    ) -> None:
         self._db = db
+        self.series = SeriesIndex(max_series_per_tenant)
         self._signal = signal
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="omnimetrics-writer"
@@ -89,8 +101,9 @@ class Writer:
         self._con = self._db.cursor()
         # Derived, not stored: nothing deletes the newest rows, so the maximum is durable.
         seq, batch = self._con.execute(
-            "SELECT coalesce(max(seq), 0), coalesce(max(batch), 0) FROM samples"
+            "SELECT coalesce(max(seq), 0), coalesce(max(batch), 0) FROM points"
         ).fetchall()[0]
+        self.series.load(self._con)
         (scrape_batch,) = self._con.execute(
             "SELECT coalesce(max(batch), 0) FROM scrapes"
         ).fetchall()[0]
@@ -100,9 +113,10 @@ class Writer:
     async def append(
         self, samples: pa.Table | Sequence[SampleRow], scrapes: Sequence[ScrapeRow] = ()
     ) -> Commit | None:
-        """Append one batch (a collection tick); None when there was nothing to write."""
+        """Append one batch (a collection tick); None when there was nothing to write.
+        Samples of new series over their tenant's limit are left out (`Commit.skipped`)."""
         table = samples if isinstance(samples, pa.Table) else to_arrow(samples)
-        return await self._run(lambda: self._write(table, scrapes, []))
+        return await self._run(lambda: self._write(table, scrapes, [], drop_over_limit=True))
 
     async def append_events(
         self, events: Sequence[tuple[EventKey | None, Sequence[SampleRow]]]
@@ -164,20 +178,39 @@ class Writer:
         return self._con
 
     def _write(
-        self, table: pa.Table, scrapes: Sequence[ScrapeRow], keys: Sequence[EventKey]
+        self,
+        table: pa.Table,
+        scrapes: Sequence[ScrapeRow],
+        keys: Sequence[EventKey],
+        drop_over_limit: bool = False,
     ) -> Commit | None:
         con = self._connection()
+        if "labels" not in table.schema.names:
+            table = table.append_column("labels", pa.array(np.full(table.num_rows, NO_LABELS)))
+        resolved = self.series.resolve(table, drop_over_limit)
+        if resolved.keep is not None:
+            table = table.filter(pa.array(resolved.keep))
         n = table.num_rows
         if n == 0 and not scrapes and not keys:
             return None
         batch, first = self._next_batch, self._next_seq
-        incoming = table.add_column(
-            0, "seq", pa.array(np.arange(first, first + n, dtype=np.int64))
-        ).add_column(1, "batch", pa.array(np.full(n, batch, dtype=np.int64)))
+        incoming = pa.table(
+            {
+                "seq": pa.array(np.arange(first, first + n, dtype=np.int64)),
+                "batch": pa.array(np.full(n, batch, dtype=np.int64)),
+                "ts": table.column("ts"),
+                "series_id": resolved.ids,
+                "kind": table.column("kind"),
+                "value": table.column("value"),
+            }
+        )
         try:
             con.begin()
-            con.register("incoming_samples", incoming)
-            con.execute(_INSERT_SAMPLES)
+            if resolved.new.num_rows:
+                con.register("incoming_series", resolved.new)
+                con.execute(_INSERT_SERIES)
+            con.register("incoming_points", incoming)
+            con.execute(_INSERT_POINTS)
             if scrapes:
                 con.register("incoming_scrapes", _scrapes_table(batch, scrapes))
                 con.execute(_INSERT_SCRAPES)
@@ -190,17 +223,19 @@ class Writer:
                 con.execute(_INSERT_KEYS, params)
             con.commit()
         except Exception as exc:
-            con.rollback()
             self.last_error = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(duckdb.Error):  # no transaction if BEGIN itself failed
+                con.rollback()
             raise
         finally:
-            con.unregister("incoming_samples")
-            if scrapes:
-                con.unregister("incoming_scrapes")
+            for name in ("incoming_points", "incoming_series", "incoming_scrapes"):
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister(name)
         self.last_error = None
+        self.series.confirm(resolved)
         self._next_seq += n
         self._next_batch += 1
-        commit = Commit(batch, first, first + n - 1, n)
+        commit = Commit(batch, first, first + n - 1, n, resolved.skipped)
         if n:
             self._announce(commit, table, time.time())
         return commit

@@ -7,7 +7,7 @@ from query.notebook import connect
 
 _COPY = """
 COPY (
-    SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value,
+    SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, labels, kind, value,
            strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%d') AS day
     FROM samples WHERE ts >= $start AND ts < $end {tenant}
     ORDER BY seq

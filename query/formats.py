@@ -5,9 +5,11 @@ for analysts; JSON and CSV write RFC 3339 UTC strings.
 """
 
 import io
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -67,15 +69,53 @@ def _utc(table: pa.Table) -> pa.Table:
     return table
 
 
+def json_number(value: float) -> float | str:
+    """A number as JSON answers carry it: `"+Inf"`, `"-Inf"` and `"NaN"` as strings (as
+    Prometheus's HTTP API writes them), never `null`."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+def json_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows for a JSON body: label maps as objects, non-finite numbers as strings."""
+    rows = table.to_pylist()
+    maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
+    odd = [
+        f.name
+        for f in table.schema
+        if pa.types.is_floating(f.type)
+        and not pc.all(pc.is_finite(table.column(f.name)), skip_nulls=True).as_py()
+    ]
+    for row in rows if maps or odd else ():
+        for name in maps:
+            if row[name] is not None:
+                row[name] = dict(row[name])
+        for name in odd:
+            if row[name] is not None:
+                row[name] = json_number(row[name])
+    return rows
+
+
+def _labels_as_json(table: pa.Table) -> pa.Table:
+    """Label maps as JSON object text, for CSV (which has no maps)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_map(field.type):
+            texts = [None if m is None else orjson.dumps(dict(m)).decode()
+                     for m in table.column(i).to_pylist()]  # fmt: skip
+            table = table.set_column(i, field.name, pa.array(texts, pa.string()))
+    return table
+
+
 def encode(
     table: pa.Table, fmt: str, as_json: Callable[[list[dict[str, Any]]], Any], name: str
 ) -> Response:
     """The response for `table` in `fmt`; `as_json` shapes the JSON body from its rows."""
     if fmt == "json":
-        return JSONResponse(as_json(_with_text_times(table).to_pylist()))
+        return JSONResponse(as_json(json_rows(_with_text_times(table))))
     if fmt == "csv":
         sink = io.BytesIO()
-        pa_csv.write_csv(_with_text_times(table), sink)
+        pa_csv.write_csv(_labels_as_json(_with_text_times(table)), sink)
         body = sink.getvalue()
     elif fmt == "arrow":
         sink_arrow = pa.BufferOutputStream()

@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from query.sql import where
+from query.sql import ids_where
 from schemas.db import arrow
-from schemas.deltas import SERIES_COLUMNS, same_as_previous, with_deltas
-from schemas.models import SampleFilters
+from schemas.deltas import CUMULATIVE, same_as_previous, with_deltas
+from schemas.models import GROUP_LABELS, SampleFilters
 from schemas.rollups import HOUR, marks
 
 # How far back a raw part looks for each series' previous sample before falling back to
@@ -31,40 +31,26 @@ LOOKBACK_MINUTES = 5
 ARROW_RAW = timedelta(minutes=15)
 
 _MACRO = (
-    "SELECT CAST(floor(epoch(ts) / $step) AS BIGINT) AS b{sel}, delta "
-    "FROM sample_deltas_between(${a}, ${b}, lookback := INTERVAL {lookback} MINUTE) "
+    "SELECT CAST(floor(epoch(ts) / $step) AS BIGINT) AS b, series_id, delta "
+    "FROM point_deltas_between(${a}, ${b}, lookback := INTERVAL {lookback} MINUTE) "
     "WHERE {cond} AND delta IS NOT NULL"
 )
 _ROLLED = (
-    "SELECT CAST(floor(epoch(hour) / $step) AS BIGINT) AS b{sel}, increase AS delta "
+    "SELECT CAST(floor(epoch(hour) / $step) AS BIGINT) AS b, series_id, increase AS delta "
     "FROM rollup_hourly WHERE hour >= $r0 AND hour < $r1 AND {cond}"
 )
-_ROWS = (
-    "SELECT ts, seq, tenant_id, tool_id, session_id, source, metric, kind, value "
-    "FROM samples WHERE ts >= $a AND ts < $b AND {cond}"
-)
+_ROWS = "SELECT ts, seq, series_id, kind, value FROM points WHERE ts >= $a AND ts < $b AND {cond}"
 # The last sample before `before` of each series given (as the macro's `older` part).
 _OLDER = """
-SELECT s.ts, s.seq, s.tenant_id, s.tool_id, s.session_id, s.source, s.metric, s.kind, s.value
-FROM samples s
-SEMI JOIN (
-    SELECT unnest($tenant_id) AS tenant_id, unnest($tool_id) AS tool_id,
-           unnest($session_id) AS session_id, unnest($source) AS source,
-           unnest($metric) AS metric
-) o ON s.tenant_id = o.tenant_id
-    AND s.tool_id IS NOT DISTINCT FROM o.tool_id
-    AND s.session_id IS NOT DISTINCT FROM o.session_id
-    AND s.source = o.source
-    AND s.metric = o.metric
-WHERE s.ts < $before
-QUALIFY row_number() OVER (
-    PARTITION BY s.tenant_id, s.tool_id, s.session_id, s.source, s.metric
-    ORDER BY s.ts DESC, s.seq DESC
-) = 1
+SELECT ts, seq, series_id, kind, value FROM points
+WHERE series_id IN (SELECT unnest($ids)) AND ts < $before
+QUALIFY row_number() OVER (PARTITION BY series_id ORDER BY ts DESC, seq DESC) = 1
 """
+# The group labels of the series given: fixed columns, or `labels.NAME` as `labels[$gN]`.
+_GROUPS = "SELECT id AS series_id{sel} FROM series_keys WHERE id IN (SELECT unnest($ids))"
 
 
-HEAD = "SELECT coalesce(max(seq), 0) FROM samples"
+HEAD = "SELECT coalesce(max(seq), 0) FROM points"
 
 
 class Plan(NamedTuple):
@@ -92,25 +78,20 @@ def _sql_sums(
     cur: duckdb.DuckDBPyConnection,
     cond: str,
     filter_args: dict[str, Any],
-    labels: list[str],
     step: int,
     rolled: tuple[datetime, datetime] | None,
     raw: list[tuple[datetime, datetime]],
 ) -> pa.Table:
-    """Sums per bucket and group over the rollup range and long raw ranges, in SQL.
-
-    `labels` come from an allow-list (schemas.models.GROUP_LABELS), never from input text.
-    """
-    sel = "".join(f", {c}" for c in labels)
+    """Sums per bucket and series over the rollup range and long raw ranges, in SQL."""
     parts, args = [], {**filter_args, "step": step}
     if rolled is not None:
-        parts.append(_ROLLED.format(sel=sel, cond=cond))
+        parts.append(_ROLLED.format(cond=cond))
         args.update(r0=rolled[0], r1=rolled[1])
     for i, (a, b) in enumerate(raw):
-        parts.append(_MACRO.format(sel=sel, cond=cond, a=f"a{i}", b=f"b{i}",
+        parts.append(_MACRO.format(cond=cond, a=f"a{i}", b=f"b{i}",
                                    lookback=LOOKBACK_MINUTES))  # fmt: skip
         args.update({f"a{i}": a, f"b{i}": b})
-    sql = f"SELECT b{sel}, sum(delta) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
+    sql = f"SELECT b, series_id, sum(delta) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
     return arrow(cur, sql, args)
 
 
@@ -128,22 +109,46 @@ def raw_deltas(
     table, follows = with_deltas(rows)
     inside = pc.greater_equal(table.column("ts"), pa.scalar(start)).to_numpy()
     # A counter whose series has no row in the lookback needs its last row before it.
-    counter = pc.equal(table.column("kind"), "counter").to_numpy()
+    counter = pc.is_in(table.column("kind"), pa.array(CUMULATIVE)).to_numpy()
     orphans = table.filter(pa.array(~follows & inside & counter))
     if orphans.num_rows:
-        keys = {c: orphans.column(c).to_pylist() for c in SERIES_COLUMNS}
-        older = arrow(cur, _OLDER, {**keys, "before": since})
+        ids = pc.unique(orphans.column("series_id")).to_pylist()
+        older = arrow(cur, _OLDER, {"ids": ids, "before": since})
         table, _ = with_deltas(pa.concat_tables([rows, older]))
         inside = pc.greater_equal(table.column("ts"), pa.scalar(start)).to_numpy()
     return table.filter(pa.array(inside & table.column("delta").is_valid().to_numpy()))
 
 
-def _bucketed(deltas: pa.Table, labels: list[str], step: int) -> pa.Table:
-    """`raw_deltas` rows as (bucket, labels, value), the shape of the SQL sums."""
+def _bucketed(deltas: pa.Table, step: int) -> pa.Table:
+    """`raw_deltas` rows as (bucket, series_id, value), the shape of the SQL sums."""
     micros = deltas.column("ts").cast(pa.int64()).to_numpy()
     buckets = pa.array(micros // (step * 1_000_000))
-    return pa.table({"b": buckets, **{c: deltas.column(c) for c in labels},
+    return pa.table({"b": buckets, "series_id": deltas.column("series_id"),
                      "value": deltas.column("delta")})  # fmt: skip
+
+
+def _group_expr(label: str, i: int) -> tuple[str, str | None]:
+    """SQL for one group label (a fixed column, or `labels.NAME` bound as a parameter)."""
+    if label in GROUP_LABELS:
+        return f", {label} AS g{i}", None
+    return f", labels[$g{i}] AS g{i}", label.removeprefix("labels.")
+
+
+def with_groups(cur: duckdb.DuckDBPyConnection, sums: pa.Table, labels: list[str]) -> pa.Table:
+    """(bucket, series_id, value) rows as (bucket, <labels>, value): each series' group
+    labels, looked up once per distinct series."""
+    if not labels:
+        return sums.select(["b", "value"])
+    if sums.num_rows == 0:
+        empty = {label: pa.array([], pa.string()) for label in labels}
+        return pa.table({"b": sums.column("b"), **empty, "value": sums.column("value")})
+    exprs = [_group_expr(label, i) for i, label in enumerate(labels)]
+    args: dict[str, Any] = {f"g{i}": name for i, (_, name) in enumerate(exprs) if name}
+    args["ids"] = pc.unique(sums.column("series_id")).to_pylist()
+    groups = arrow(cur, _GROUPS.format(sel="".join(sql for sql, _ in exprs)), args)
+    rows = pc.index_in(sums.column("series_id"), value_set=groups.column("series_id"))
+    columns = {label: groups.column(f"g{i}").take(rows) for i, label in enumerate(labels)}
+    return pa.table({"b": sums.column("b"), **columns, "value": sums.column("value")})
 
 
 def gap_filled(
@@ -152,8 +157,7 @@ def gap_filled(
     """The sums of `parts` (rows of bucket, labels, value) for every bucket from `first`
     to `last` and every group seen (0 where a group has nothing in a bucket), ordered by
     bucket, then group (NULLs first); one group if there are no labels."""
-    schema = parts[-1].schema  # DuckDB's and Arrow's types for a column need not match
-    rows = pa.concat_tables([part.cast(schema) for part in parts])
+    rows = pa.concat_tables(parts)
     if labels:
         keys = [(c, "ascending", "at_start") for c in labels]
         rows = rows.take(pc.sort_indices(rows, sort_keys=keys))
@@ -195,7 +199,7 @@ def increase_snapshot(
 ) -> tuple[pa.Table, int]:
     """`increase_table`, and the last seq of the snapshot it was computed from: a stream
     resumed from that seq extends the answer with no gap and no duplicate."""
-    cond, filter_args = where(filters)
+    cond, filter_args = ids_where(filters)
     first = int(start.timestamp()) // step
     last = -(-int(end.timestamp() * 1e6) // (step * 1_000_000)) - 1
     cur.begin()  # the watermark and the rows it vouches for, from one snapshot
@@ -204,10 +208,20 @@ def increase_snapshot(
         rolled, raw = plan(start, end, step, valid)
         short = [(a, b) for a, b in raw if b - a <= ARROW_RAW]
         long = [(a, b) for a, b in raw if b - a > ARROW_RAW]
-        parts = [_bucketed(raw_deltas(cur, cond, filter_args, a, b), labels, step)
-                 for a, b in short]  # fmt: skip
+        parts = [_bucketed(raw_deltas(cur, cond, filter_args, a, b), step) for a, b in short]
         if rolled is not None or long:
-            parts.append(_sql_sums(cur, cond, filter_args, labels, step, rolled, long))
+            parts.append(_sql_sums(cur, cond, filter_args, step, rolled, long))
+        sums = pa.concat_tables([_as_sums(part) for part in parts])
+        grouped = with_groups(cur, sums, labels)
     finally:
         cur.commit()
-    return gap_filled(parts, labels, first, last, step), head
+    return gap_filled([grouped], labels, first, last, step), head
+
+
+_SUMS = pa.schema([("b", pa.int64()), ("series_id", pa.int64()), ("value", pa.float64())])
+
+
+def _as_sums(part: pa.Table) -> pa.Table:
+    """One part in the common (bucket, series_id, value) types (DuckDB's and Arrow's
+    need not match)."""
+    return part.select(_SUMS.names).cast(_SUMS)

@@ -208,9 +208,9 @@ def history(
 
 
 _CURRENT_VALUES = """
-SELECT source, metric, value FROM samples WHERE {cond}
-QUALIFY row_number() OVER (PARTITION BY source, metric ORDER BY ts DESC, seq DESC) = 1
-ORDER BY source, metric
+SELECT source, name, value FROM points p JOIN series_keys k ON k.id = p.series_id WHERE {cond}
+QUALIFY row_number() OVER (PARTITION BY source, name ORDER BY ts DESC, seq DESC) = 1
+ORDER BY source, name
 """
 _CURRENT_STATUS = """
 SELECT source, up, error FROM scrapes WHERE {cond}

@@ -3,7 +3,10 @@
 DuckDB lets no other process open a file a writer holds, and a reader holding it would
 block the writer's restart. So the service copies every new sample to Parquet files beside
 the database, one per hour of sample time, and lists them in `meta.json` with how far it
-got (`<db>.parquet/meta.json`, `<db>.parquet/samples/day=YYYY-MM-DD/HH-<seq>.parquet`).
+got (`<db>.parquet/meta.json`, `<db>.parquet/points/day=YYYY-MM-DD/HH-<seq>.parquet`). The
+points are narrow (seq, batch, ts, series_id, kind, value), as in the database; every
+series they refer to is in one file, `series/series-<count>.parquet`, written anew (under
+a new name) when an export brings new series.
 
 A file never changes once written: DuckDB opens a file by its path several times in one
 query (for its footer, then for the data), so a file replaced under it mixes two
@@ -26,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -38,13 +42,28 @@ from schemas.times import rfc3339, utcnow
 log = logging.getLogger("omnimetrics.query")
 
 CHUNK_ROWS = 1_000_000
-# 3: immutable hour files listed in meta.json; 2 rewrote HH.parquet in place; 1: file per export
-LAYOUT = 3
+# 4: narrow points by hour plus one series file (the series model); 3: immutable long-form
+# hour files listed in meta.json; 2 rewrote HH.parquet in place; 1: file per export
+LAYOUT = 4
 GRACE_SECONDS = 600.0
 _NEW = """
-SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value
-FROM samples WHERE seq > $after AND seq <= $upto ORDER BY seq
+SELECT seq, batch, ts, series_id, kind, value
+FROM points WHERE seq > $after AND seq <= $upto ORDER BY seq
 """
+_SERIES = "SELECT * FROM series_keys ORDER BY id"
+_SERIES_COUNT = "SELECT count(*) FROM series_keys"
+# Sizes per sample (BENCHMARKS.md): sorted integers delta-encode to a few bits, doubles
+# split by byte compress far better under zstd, and a handful of kinds is a dictionary.
+_PARQUET: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["series_id", "kind"],
+    "column_encoding": {
+        "seq": "DELTA_BINARY_PACKED",
+        "batch": "DELTA_BINARY_PACKED",
+        "ts": "DELTA_BINARY_PACKED",
+        "value": "BYTE_STREAM_SPLIT",
+    },
+}
 
 
 def mirror_dir(db_path: str | Path) -> Path:
@@ -80,13 +99,37 @@ def _append_hour(old: Path | None, rows: pa.Table, done: int, new: Path) -> None
         previous = pq.read_table(old, schema=rows.schema)
         kept = previous.filter(pc.less_equal(previous.column("seq"), done))
         rows = pa.concat_tables([kept, rows])
-    _write_atomically(new, partial(pq.write_table, rows))
+    _write_atomically(new, partial(pq.write_table, rows, **_PARQUET))
 
 
 def listed_files(mirror: Path, meta: dict[str, object] | None = None) -> list[Path]:
-    """The files that hold the mirror now, one per hour, as `meta.json` lists them."""
+    """The points files that hold the mirror now, one per hour, as `meta.json` lists them."""
     names = (read_meta(mirror) if meta is None else meta).get("files", [])
-    return [mirror / "samples" / str(name) for name in names] if isinstance(names, list) else []
+    return [mirror / "points" / str(name) for name in names] if isinstance(names, list) else []
+
+
+def listed_series(mirror: Path, meta: dict[str, object] | None = None) -> Path | None:
+    """The file of every series the listed points refer to, as `meta.json` names it."""
+    name = (read_meta(mirror) if meta is None else meta).get("series")
+    return mirror / "series" / str(name) if isinstance(name, str) else None
+
+
+def _export_series(
+    cur: duckdb.DuckDBPyConnection, mirror: Path, meta: dict[str, object]
+) -> tuple[str | None, int]:
+    """The series file to list (written anew when there are new series) and its count."""
+    (count,) = cur.execute(_SERIES_COUNT).fetchall()[0]
+    name, known = meta.get("series"), int(str(meta.get("series_count", 0)))
+    if count == known and isinstance(name, str):
+        return name, known
+    folder = mirror / "series"
+    folder.mkdir(parents=True, exist_ok=True)
+    new = f"series-{count:012d}.parquet"
+    table = arrow(cur, _SERIES, {})
+    _write_atomically(folder / new, partial(pq.write_table, table, compression="zstd"))
+    if isinstance(name, str) and name != new:
+        _retire(folder / name)
+    return new, int(count)
 
 
 def export_new(
@@ -100,9 +143,36 @@ def export_new(
         shutil.rmtree(mirror, ignore_errors=True)
         meta = {}
     done = int(str(meta.get("seq", 0)))
-    samples = mirror / "samples"
+    samples = mirror / "points"
     by_hour = {_hour_of(path.name, path.parent.name): path for path in listed_files(mirror, meta)}
-    (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
+    cur.begin()  # the series file and the points it must cover, from one snapshot
+    try:
+        (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM points").fetchall()[0]
+        series, series_count = _export_series(cur, mirror, meta) if done < head else (
+            meta.get("series"), int(str(meta.get("series_count", 0))))  # fmt: skip
+        done = _export_points(cur, mirror, epoch, done, head, by_hour, series, series_count)
+    finally:
+        cur.commit()
+    _delete_unlisted(mirror, {*by_hour.values(), *_listed_series(mirror)}, grace)
+    return done
+
+
+def _listed_series(mirror: Path) -> list[Path]:
+    path = listed_series(mirror)
+    return [path] if path is not None else []
+
+
+def _export_points(
+    cur: duckdb.DuckDBPyConnection,
+    mirror: Path,
+    epoch: str,
+    done: int,
+    head: int,
+    by_hour: dict[tuple[str, str], Path],
+    series: object,
+    series_count: int,
+) -> int:
+    samples = mirror / "points"
     while done < head:
         upto = min(head, done + CHUNK_ROWS)
         table = arrow(cur, _NEW, {"after": done, "upto": upto})
@@ -125,10 +195,11 @@ def export_new(
             "seq": done,
             "exported_at": rfc3339(utcnow()),
             "files": sorted(str(path.relative_to(samples)) for path in by_hour.values()),
+            "series": series,
+            "series_count": series_count,
         }
         mirror.mkdir(parents=True, exist_ok=True)
         _write_atomically(mirror / "meta.json", partial(_write_text, json.dumps(record)))
-    _delete_unlisted(samples, set(by_hour.values()), grace)
     return done
 
 
@@ -142,12 +213,10 @@ def _retire(path: Path) -> None:
         os.utime(path)
 
 
-def _delete_unlisted(samples: Path, listed: set[Path], grace: float) -> None:
+def _delete_unlisted(mirror: Path, listed: set[Path], grace: float) -> None:
     """Delete files (superseded, or left by an export that died) unlisted for `grace` s."""
-    if not samples.is_dir():
-        return
     cutoff = time.time() - grace
-    for path in samples.glob("day=*/*"):
+    for path in [*mirror.glob("points/day=*/*"), *mirror.glob("series/*")]:
         if path in listed:
             continue
         with contextlib.suppress(FileNotFoundError):

@@ -14,18 +14,9 @@ from pathlib import Path
 
 import duckdb
 
-from query.mirror import export_new, listed_files, mirror_dir
-from schemas.migrations import MIGRATIONS, VIEW_MIGRATIONS
-from schemas.rows import SAMPLE_SCHEMA
+from query.mirror import export_new, listed_files, listed_series, mirror_dir
+from schemas.views import EMPTY_TABLES, SERIES_VIEWS
 
-_EMPTY = """
-CREATE OR REPLACE VIEW samples AS
-SELECT * FROM (SELECT NULL::BIGINT AS seq, NULL::BIGINT AS batch, NULL::TIMESTAMPTZ AS ts,
-    NULL::VARCHAR AS tenant_id, NULL::VARCHAR AS tool_id, NULL::VARCHAR AS session_id,
-    NULL::VARCHAR AS source, NULL::VARCHAR AS metric, NULL::VARCHAR AS kind,
-    NULL::DOUBLE AS value) WHERE false
-"""
-_COLUMNS = ", ".join(["seq", "batch", *SAMPLE_SCHEMA.names])
 FOLLOW_SECONDS = 1.0  # how often an open connection looks for a new export
 
 
@@ -63,12 +54,15 @@ class _Follower:
         if stamp == self._stamp:
             return
         files = listed_files(self._mirror)
-        if files:
-            names = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE OR REPLACE VIEW samples AS SELECT {_COLUMNS} "
-                        f"FROM read_parquet([{names}])")  # fmt: skip
+        series = listed_series(self._mirror)
+        if files and series is not None:
+            names = ", ".join(_literal(f) for f in files)
+            con.execute(
+                f"CREATE OR REPLACE VIEW points AS SELECT * FROM read_parquet([{names}]);"
+                f"CREATE OR REPLACE VIEW series_keys AS SELECT * FROM read_parquet({_literal(series)})"
+            )
         else:  # nothing exported yet
-            con.execute(_EMPTY)
+            con.execute(EMPTY_TABLES)
         self._stamp = stamp
 
     def follow(self) -> None:
@@ -105,6 +99,11 @@ def _stop_following() -> None:
         thread.join(timeout=5)
 
 
+def _literal(path: Path) -> str:
+    """A file path as an SQL string literal (read_parquet takes no parameters here)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
@@ -114,7 +113,7 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 def connect(db_path: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection whose `samples`, `sample_deltas` and
+    """An in-memory DuckDB connection whose `samples`, `sample_deltas`, `series` and
     `sample_deltas_between(from, to)` are the service's, over the same data; it follows
     the service's exports while it stays open."""
     path = Path(db_path)
@@ -122,8 +121,6 @@ def connect(db_path: str | Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     follower = _Follower(con, mirror_dir(path))
-    for migration in MIGRATIONS:
-        if migration.name in VIEW_MIGRATIONS:  # the views and macros, over this `samples`
-            con.execute(migration.sql)
+    con.execute(SERIES_VIEWS)  # the service's own views and macros, over these tables
     follower.follow()
     return con

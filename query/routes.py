@@ -9,7 +9,7 @@ import pyarrow as pa
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from query.formats import encode, negotiate
+from query.formats import encode, json_number, negotiate
 from query.history import HEAD, increase_snapshot
 from query.sql import latest_sql, series_sql, where
 from schemas.db import Database, arrow
@@ -24,6 +24,8 @@ router = APIRouter(prefix="/api/v1")
 
 
 CURSOR_HEADER = "X-Omnimetrics-Cursor"
+# Set on a `latest` answer cut at its `limit` (CSV, Arrow and Parquet have no room to say).
+TRUNCATED_HEADER = "X-Omnimetrics-Truncated"
 
 
 async def _table(request: Request, sql: str, args: dict[str, Any]) -> pa.Table:
@@ -79,8 +81,17 @@ async def series(request: Request, params: Annotated[SeriesParams, Query()]) -> 
 async def latest(request: Request, params: Annotated[LatestParams, Query()]) -> Response:
     """The latest sample of every series that matches the filters."""
     cond, args = where(params)
+    args["limit"] = params.limit
     table, head = await _snapshot(request, latest_sql(cond), args)
-    response = encode(table, _format(request, params), lambda rows: {"series": rows}, "latest")
+    truncated = table.num_rows > params.limit
+    table = table.slice(0, params.limit)
+
+    def as_json(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"series": rows, "truncated": True} if truncated else {"series": rows}
+
+    response = encode(table, _format(request, params), as_json, "latest")
+    if truncated:
+        response.headers[TRUNCATED_HEADER] = "true"
     return _with_cursor(response, request, head)
 
 
@@ -111,7 +122,7 @@ async def increase(request: Request, params: Annotated[IncreaseParams, Query()])
             "from": rfc3339(start),
             "to": rfc3339(end),
             "buckets": rows,
-            "total": sum(row["value"] for row in rows),
+            "total": json_number(sum(table.column("value").to_pylist())),
         }
 
     response = encode(table, _format(request, params), as_json, "increase")

@@ -40,6 +40,8 @@ def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
             continue
         con.begin()
         try:
+            if migration.run is not None:
+                migration.run(con)
             con.execute(migration.sql)
             con.execute(
                 "INSERT INTO schema_migrations VALUES ($name, $at)",

@@ -1,6 +1,6 @@
 """The delta rule in Python: per sample for the live stream, per Arrow table for the short
 raw tail of a history query. Both must agree with the SQL macro `sample_delta` and the
-`sample_deltas` view in migrations.py, which define the truth (tests check all three)."""
+`point_deltas` view in views.py, which define the truth (tests check all three)."""
 
 from collections.abc import Sequence
 
@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# The series key, as in migrations.SERIES: every delta is computed within one series.
-SERIES_COLUMNS = ("tenant_id", "tool_id", "session_id", "source", "metric")
+# Every delta is computed within one series: one id (schemas/views.py).
+SERIES_COLUMNS = ("series_id",)
+CUMULATIVE = ("counter", "untyped")  # kinds whose delta is the rise since the last sample
 
 
 def sample_delta(kind: str, value: float, prev: float | None) -> float | None:
@@ -17,7 +18,7 @@ def sample_delta(kind: str, value: float, prev: float | None) -> float | None:
     a `delta` sample is its own increment; gauges and first samples have none."""
     if kind == "delta":
         return value
-    if kind == "counter" and prev is not None:
+    if kind in CUMULATIVE and prev is not None:
         return value - prev if value >= prev else value
     return None
 
@@ -45,7 +46,7 @@ def same_as_previous(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
 
 
 def with_deltas(rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """`rows` (the series columns, `ts`, `seq`, `kind`, `value`) sorted by series, `ts`
+    """`rows` (`series_id`, `ts`, `seq`, `kind`, `value`) sorted by series, `ts`
     and `seq`, with a `delta` column: each row's `sample_delta` against the row before it
     in its series, as the `sample_deltas` view computes it over the same rows. Also, per
     row, whether a row of its series comes before it (False for each series' first)."""
@@ -56,7 +57,7 @@ def with_deltas(rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
     kind = rows.column("kind")
     own = pc.equal(kind, "delta").to_numpy()
     follows = same_as_previous(rows, SERIES_COLUMNS)
-    counted = pc.equal(kind, "counter").to_numpy() & follows
+    counted = pc.is_in(kind, pa.array(CUMULATIVE)).to_numpy() & follows
     with np.errstate(over="ignore", invalid="ignore"):  # masked rows may hold anything
         rise = np.where(value >= prev, value - prev, value)
     delta = np.where(own, value, rise)

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.models import Label, TenantId
+from schemas.labels import Labels
+from schemas.models import Label, LabelSet, TenantId
 
 
 class _Message(BaseModel):
@@ -25,6 +26,12 @@ class Subscribe(_Message):
     tenant_id: TenantId | None = None
     tool_id: Label | None = None
     session_id: Label | None = None
+    labels: LabelSet | None = None
+    tags: LabelSet | None = None  # the old service's name for `labels`
+
+    def label_filter(self) -> Labels:
+        """`labels` and `tags` together, as exact matches."""
+        return tuple(sorted({**(self.tags or {}), **(self.labels or {})}.items()))
 
 
 class Ping(_Message):
@@ -44,6 +51,7 @@ class Connected(_Message):
     tenant_id: str | None
     tool_id: str | None
     session_id: str | None
+    labels: dict[str, str] | None = None
     cursor: str
     resumed: bool | None  # None: no resume was asked for
     resume_error: str | None = None
@@ -57,8 +65,10 @@ class Metrics(_Message):
     tenant_id: str | None
     tool_id: str | None
     session_id: str | None
+    labels: dict[str, str] | None = None
     data: dict[str, dict[str, Any]]
-    deltas: dict[str, dict[str, float]]
+    # Numbers; non-finite sums as "+Inf", "-Inf" or "NaN" (as Prometheus's HTTP API).
+    deltas: dict[str, dict[str, float | str]]
     # Batches merged into this one by the tenant's max_events_per_minute (absent: 1).
     coalesced: int | None = None
 
@@ -87,6 +97,7 @@ class Subscribed(_Message):
     tenant_id: str | None
     tool_id: str | None
     session_id: str | None
+    labels: dict[str, str] | None = None
 
 
 ServerMessage = Annotated[

@@ -1,11 +1,19 @@
 """Ordered, named schema migrations. Never edit one that has shipped; add the next."""
 
+from collections.abc import Callable
 from typing import NamedTuple
+
+import duckdb
+
+from schemas import series_migration
+from schemas.views import SERIES_VIEWS
 
 
 class Migration(NamedTuple):
     name: str
     sql: str
+    # Data a migration moves in Python (before its SQL runs), in the same transaction.
+    run: Callable[[duckdb.DuckDBPyConnection], None] | None = None
 
 
 # The series key: every delta is computed within one of these.
@@ -131,6 +139,7 @@ INSERT INTO meta VALUES ('rollup_until', '0'), ('rollup_seq', '0');
 
 MIGRATIONS = (*MIGRATIONS, Migration("0003_rollup_hourly", _ROLLUPS))
 
-# The migrations that only define views and macros over `samples`: the notebook API
-# applies these to its own `samples`, so analysts query with the service's definitions.
-VIEW_MIGRATIONS = ("0002_sample_deltas",)
+# Wave 2: samples refer to their series by id (`points`), the series' strings and labels
+# are stored once (`series_keys`), rollups are per series id; `samples`, `sample_deltas`
+# and the macros become views over them with the same columns plus `labels`.
+MIGRATIONS = (*MIGRATIONS, Migration("0004_series", SERIES_VIEWS, series_migration.run))

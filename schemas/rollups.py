@@ -1,4 +1,4 @@
-"""Hourly rollups: materializing closed time (by the writer) and the watermark reads use.
+"""Hourly rollups per series id: materializing closed time (by the writer) and the watermark reads use.
 
 `rollup_until` is whole epoch seconds on a minute boundary: every hour before it is
 materialized, the hour it falls in only up to it (a partial row, rebuilt whole at each
@@ -18,14 +18,14 @@ SELECT max(CASE WHEN key = 'rollup_until' THEN CAST(value AS BIGINT) END),
        max(CASE WHEN key = 'rollup_seq' THEN CAST(value AS BIGINT) END)
 FROM meta WHERE key IN ('rollup_until', 'rollup_seq')
 """
-_MARKS = f"SELECT *, (SELECT coalesce(max(seq), 0) FROM samples) FROM ({_WATERMARKS})"
+_MARKS = f"SELECT *, (SELECT coalesce(max(seq), 0) FROM points) FROM ({_WATERMARKS})"
 # The earliest ts among rows the rollup has not considered but that fall before its end.
-_LATE = "SELECT min(ts) FROM samples WHERE seq > $seq AND ts < to_timestamp($until)"
+_LATE = "SELECT min(ts) FROM points WHERE seq > $seq AND ts < to_timestamp($until)"
 _REBUILD = """
 INSERT INTO rollup_hourly
 SELECT to_timestamp(CAST(floor(epoch(ts) / 3600) AS BIGINT) * 3600) AS hour,
-       tenant_id, tool_id, session_id, source, metric, sum(delta)
-FROM sample_deltas_between(to_timestamp($start), to_timestamp($end))
+       series_id, sum(delta)
+FROM point_deltas_between(to_timestamp($start), to_timestamp($end))
 WHERE delta IS NOT NULL
 GROUP BY ALL
 """
@@ -66,10 +66,10 @@ def refresh(
     valid = valid_until(cur)
     start = valid // HOUR * HOUR  # the hour the watermark is in is rebuilt whole
     if head is None:
-        (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchall()[0]
+        (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM points").fetchall()[0]
     end = max(int(until), (int(now.timestamp()) - grace_seconds) // MINUTE * MINUTE)
     if valid == 0:  # first refresh: start at the first hour with data
-        (first,) = cur.execute("SELECT min(ts) FROM samples").fetchall()[0]
+        (first,) = cur.execute("SELECT min(ts) FROM points").fetchall()[0]
         start = _hour_floor(first) if first is not None else end
     if start < end:
         cur.execute("DELETE FROM rollup_hourly WHERE hour >= to_timestamp($s)", {"s": start})

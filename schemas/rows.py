@@ -6,7 +6,9 @@ from typing import Literal, NamedTuple
 
 import pyarrow as pa
 
-Kind = Literal["counter", "gauge", "delta"]
+from schemas.labels import NO_LABELS
+
+Kind = Literal["counter", "gauge", "delta", "untyped"]
 
 
 class SampleRow(NamedTuple):
@@ -20,9 +22,10 @@ class SampleRow(NamedTuple):
     metric: str
     kind: Kind
     value: float
+    labels: str = NO_LABELS  # canonical JSON (schemas.labels)
 
 
-# The samples table's columns as the writer receives them (it adds seq and batch).
+# A sample as the writer receives it (it adds seq and batch, and resolves the series).
 SAMPLE_SCHEMA = pa.schema(
     [
         ("ts", pa.timestamp("us", tz="UTC")),
@@ -33,6 +36,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("metric", pa.string()),
         ("kind", pa.string()),
         ("value", pa.float64()),
+        ("labels", pa.string()),
     ]
 )
 

@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import duckdb
 
+from schemas.labels import Labels
+
 # Counter deltas need each series' previous sample; a live series has one within minutes.
 # Series without one (new, or after a long gap) fall back to an exact search (the macro).
 LOOKBACK = timedelta(minutes=10)
@@ -20,14 +22,21 @@ class Row(NamedTuple):
     seq: int
     batch: int
     ts: datetime
+    series_id: int
     tenant_id: str
     tool_id: str | None
     session_id: str | None
     source: str
-    metric: str
+    metric: str  # the series' text form: `name{k="v"}`, or the bare name without labels
+    labels: Labels
     kind: str
     value: float
     delta: float | None
+
+
+def labels_of(stored: dict[str, str] | None) -> Labels:
+    """A stored label map (already canonical) as the stream's label tuple."""
+    return tuple(stored.items()) if stored else ()
 
 
 class ScrapeFailure(NamedTuple):
@@ -47,20 +56,22 @@ class Batch(NamedTuple):
     failures: list[ScrapeFailure]
 
 
-_BOUNDS = "SELECT min(ts), max(ts) FROM samples WHERE seq > $after AND seq <= $upto"
+_BOUNDS = "SELECT min(ts), max(ts) FROM points WHERE seq > $after AND seq <= $upto"
 _ROWS = """
-SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value, delta
-FROM sample_deltas_between($lo, $hi, lookback := $lookback)
-WHERE seq > $after AND seq <= $upto
-ORDER BY seq
+SELECT d.seq, d.batch, d.ts, d.series_id, k.tenant_id, k.tool_id, k.session_id, k.source,
+       k.name, k.labels, d.kind, d.value, d.delta
+FROM point_deltas_between($lo, $hi, lookback := $lookback) d
+JOIN series_keys k ON k.id = d.series_id
+WHERE d.seq > $after AND d.seq <= $upto
+ORDER BY d.seq
 """
 _FAILURES = """
 SELECT batch, ts, tenant_id, tool_id, source, error FROM scrapes
 WHERE batch >= $first AND batch <= $last AND NOT up
 ORDER BY batch, source
 """
-_BATCH_OF = "SELECT batch FROM samples WHERE seq = $seq"
-_BATCH_END = "SELECT max(seq) FROM samples WHERE batch = $batch AND seq >= $seq"
+_BATCH_OF = "SELECT batch FROM points WHERE seq = $seq"
+_BATCH_END = "SELECT max(seq) FROM points WHERE batch = $batch AND seq >= $seq"
 
 
 def read_batches(cur: duckdb.DuckDBPyConnection, after: int, upto: int) -> list[Batch]:
@@ -77,7 +88,7 @@ def read_batches(cur: duckdb.DuckDBPyConnection, after: int, upto: int) -> list[
         "after": after,
         "upto": upto,
     }
-    rows = [Row(*r) for r in cur.execute(_ROWS, params).fetchall()]
+    rows = [Row(*r[:9], labels_of(r[9]), *r[10:]) for r in cur.execute(_ROWS, params).fetchall()]
     if not rows:
         return []
     return group_batches(rows, read_failures(cur, rows[0].batch, rows[-1].batch))

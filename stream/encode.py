@@ -1,13 +1,29 @@
 """Encoding a batch for one filter, once, into the bytes every matching client gets."""
 
+import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import orjson
 
+from schemas.labels import Labels
+from schemas.labels import matches as label_matches
 from schemas.nested import number, put
 from schemas.times import rfc3339
 from stream.batches import Batch, Row
+
+_NON_FINITE = {"+Inf": math.inf, "-Inf": -math.inf, "NaN": math.nan}
+
+
+def json_value(value: float) -> float | int | str:
+    """A number as messages carry it: whole numbers as ints, non-finite as strings."""
+    if math.isfinite(value):
+        return number(value)
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+def _as_float(value: float | int | str) -> float:
+    return _NON_FINITE[value] if isinstance(value, str) else float(value)
 
 
 class Outgoing(NamedTuple):
@@ -19,18 +35,35 @@ class Outgoing(NamedTuple):
 
 
 class Filter(NamedTuple):
-    """What a client watches; None matches anything."""
+    """What a client watches; None matches anything, and `labels` are exact matches."""
 
     tenant_id: str | None = None
     tool_id: str | None = None
     session_id: str | None = None
+    labels: Labels = ()
 
-    def matches(self, tenant_id: str, tool_id: str | None, session_id: str | None) -> bool:
+    def matches(
+        self,
+        tenant_id: str,
+        tool_id: str | None,
+        session_id: str | None,
+        labels: Labels | None = None,
+    ) -> bool:
+        """Whether a row passes; `labels` None (a scrape's error) is not label-filtered."""
         return (
             (self.tenant_id is None or self.tenant_id == tenant_id)
             and (self.tool_id is None or self.tool_id == tool_id)
             and (self.session_id is None or self.session_id == session_id)
+            and (labels is None or label_matches(self.labels, labels))
         )
+
+    def described(self) -> dict[str, Any]:
+        """The filter as messages echo it (`labels` only when it has any)."""
+        out: dict[str, Any] = {"tenant_id": self.tenant_id, "tool_id": self.tool_id,
+                               "session_id": self.session_id}  # fmt: skip
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        return out
 
 
 def _data_and_deltas(rows: Iterable[Row]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -41,16 +74,16 @@ def _data_and_deltas(rows: Iterable[Row]) -> tuple[dict[str, Any], dict[str, dic
         if row.metric == "up":
             source["status"] = "healthy" if row.value else "down"
             continue
-        put(source, row.metric, number(row.value))
+        put(source, row.metric, json_value(row.value))
         if row.delta is not None:
             per_source = deltas.setdefault(row.source, {})
-            per_source[row.metric] = number(per_source.get(row.metric, 0) + row.delta)
+            per_source[row.metric] = json_value(per_source.get(row.metric, 0) + row.delta)
     return data, deltas
 
 
 def metrics_message(batch: Batch, flt: Filter, epoch: str) -> bytes | None:
     """The `metrics` message of `batch` for `flt`, or None when no row passes it."""
-    rows = [r for r in batch.rows if flt.matches(r.tenant_id, r.tool_id, r.session_id)]
+    rows = [r for r in batch.rows if flt.matches(r.tenant_id, r.tool_id, r.session_id, r.labels)]
     if not rows:
         return None
     data, deltas = _data_and_deltas(rows)
@@ -60,9 +93,7 @@ def metrics_message(batch: Batch, flt: Filter, epoch: str) -> bytes | None:
             "timestamp": rfc3339(batch.ts),
             "seq": batch.last_seq,
             "cursor": f"{epoch}:{batch.last_seq}",
-            "tenant_id": flt.tenant_id,
-            "tool_id": flt.tool_id,
-            "session_id": flt.session_id,
+            **flt.described(),
             "data": data,
             "deltas": deltas,
         }
@@ -118,8 +149,9 @@ def merge_metrics(texts: list[str]) -> str:
         for source, deltas in message["deltas"].items():
             target = merged["deltas"].setdefault(source, {})
             for metric, delta in deltas.items():
-                target[metric] = number(target.get(metric, 0) + delta)
-        for key in ("timestamp", "seq", "cursor", "tenant_id", "tool_id", "session_id"):
-            merged[key] = message[key]
+                target[metric] = json_value(_as_float(target.get(metric, 0)) + _as_float(delta))
+        for key in ("timestamp", "seq", "cursor", "tenant_id", "tool_id", "session_id", "labels"):
+            if key in message:
+                merged[key] = message[key]
         merged["coalesced"] += message.get("coalesced", 1)
     return orjson.dumps(merged).decode()

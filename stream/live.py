@@ -11,12 +11,11 @@ from datetime import datetime
 from typing import NamedTuple
 
 import duckdb
-import pyarrow as pa
 
 from schemas.deltas import sample_delta
-from stream.batches import Batch, Row, group_batches, read_batches, read_failures
+from stream.batches import Batch, Row, group_batches, labels_of, read_batches, read_failures
 
-SeriesKey = tuple[str, str | None, str | None, str, str]
+SeriesKey = int  # series_id
 MAX_SERIES = 200_000
 
 
@@ -27,20 +26,15 @@ class Last(NamedTuple):
 
 
 _NEW_ROWS = """
-SELECT seq, batch, ts, tenant_id, tool_id, session_id, source, metric, kind, value
-FROM samples WHERE seq > $after AND seq <= $upto ORDER BY seq
+SELECT p.seq, p.batch, p.ts, p.series_id, k.tenant_id, k.tool_id, k.session_id, k.source,
+       k.name, k.labels, p.kind, p.value
+FROM points p JOIN series_keys k ON k.id = p.series_id
+WHERE p.seq > $after AND p.seq <= $upto ORDER BY p.seq
 """
 _LAST_OF = """
-SELECT s.tenant_id, s.tool_id, s.session_id, s.source, s.metric, s.ts, s.seq, s.value
-FROM samples s
-SEMI JOIN wanted_series w
-    ON s.tenant_id = w.tenant_id AND s.tool_id IS NOT DISTINCT FROM w.tool_id
-    AND s.session_id IS NOT DISTINCT FROM w.session_id
-    AND s.source = w.source AND s.metric = w.metric
-WHERE s.seq <= $after
-QUALIFY row_number() OVER (
-    PARTITION BY s.tenant_id, s.tool_id, s.session_id, s.source, s.metric
-    ORDER BY s.ts DESC, s.seq DESC) = 1
+SELECT series_id, ts, seq, value FROM points
+WHERE series_id IN (SELECT unnest($ids)) AND seq <= $after
+QUALIFY row_number() OVER (PARTITION BY series_id ORDER BY ts DESC, seq DESC) = 1
 """
 
 
@@ -68,24 +62,11 @@ class SeriesCache:
             self._last.popitem(last=False)
 
 
-def _key(row: tuple[object, ...]) -> SeriesKey:
-    return row[3], row[4], row[5], row[6], row[7]  # type: ignore[return-value]
-
-
 def _look_up(
     cur: duckdb.DuckDBPyConnection, keys: list[SeriesKey], after: int
 ) -> dict[SeriesKey, Last]:
-    cols = list(zip(*keys, strict=True))
-    wanted = pa.table(
-        {name: pa.array(col, pa.string()) for name, col in
-         zip(("tenant_id", "tool_id", "session_id", "source", "metric"), cols, strict=True)}
-    )  # fmt: skip
-    cur.register("wanted_series", wanted)
-    try:
-        found = cur.execute(_LAST_OF, {"after": after}).fetchall()
-    finally:
-        cur.unregister("wanted_series")
-    return {(r[0], r[1], r[2], r[3], r[4]): Last(r[5], r[6], r[7]) for r in found}
+    found = cur.execute(_LAST_OF, {"ids": keys, "after": after}).fetchall()
+    return {r[0]: Last(r[1], r[2], r[3]) for r in found}
 
 
 def read_live(
@@ -98,7 +79,7 @@ def read_live(
     # What this read knows of each series, taken once: the cache may evict meanwhile.
     known: dict[SeriesKey, Last | None] = {}
     missing: list[SeriesKey] = []
-    for key in dict.fromkeys(map(_key, raw)):
+    for key in dict.fromkeys(r[3] for r in raw):
         if key in cache:
             known[key] = cache.get(key)
         else:
@@ -109,14 +90,14 @@ def read_live(
             known[key] = found.get(key)
     rows: list[Row] = []
     for r in raw:
-        key = _key(r)
+        key = r[3]
         prev = known[key]
-        ts, seq, value = r[2], r[0], r[9]
+        ts, seq, value = r[2], r[0], r[11]
         if prev is not None and (ts, seq) < (prev.ts, prev.seq):
             return _exact(cur, cache, after, upto)  # a backdated row: let SQL order it
         known[key] = Last(ts, seq, value)
-        delta = sample_delta(r[8], value, prev.value if prev else None)
-        rows.append(Row(seq, r[1], ts, r[3], r[4], r[5], r[6], r[7], r[8], value, delta))
+        delta = sample_delta(r[10], value, prev.value if prev else None)
+        rows.append(Row(*r[:9], labels_of(r[9]), r[10], value, delta))
     for key, last in known.items():
         cache.put(key, last)
     return group_batches(rows, read_failures(cur, rows[0].batch, rows[-1].batch))
@@ -130,5 +111,5 @@ def _exact(
     # later ts): forget these series, so their next read looks them up exactly.
     for batch in batches:
         for row in batch.rows:
-            cache.forget((row.tenant_id, row.tool_id, row.session_id, row.source, row.metric))
+            cache.forget(row.series_id)
     return batches

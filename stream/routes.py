@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from schemas.db import Database
 from schemas.http import error_response
-from schemas.models import StreamParams
+from schemas.models import MAX_CURSOR_CHARS, StreamParams
 from stream.encode import Filter, Outgoing, control
 from stream.hub import Hub, settings_tenant
 from stream.session import catch_up, error, open_session
@@ -26,7 +26,7 @@ router = APIRouter()
 
 
 def _filter(params: StreamParams) -> Filter:
-    return Filter(params.tenant_id, params.tool_id, params.session_id)
+    return Filter(params.tenant_id, params.tool_id, params.session_id, params.label_filter())
 
 
 @router.get("/stream/metrics", response_class=StreamingResponse)
@@ -43,6 +43,10 @@ async def sse_metrics(request: Request, params: Annotated[StreamParams, Query()]
         reason, retry = full
         return error_response(503, reason, None, **{"Retry-After": str(retry)})
     since = params.since or request.headers.get("last-event-id")
+    if since is not None and len(since) > MAX_CURSOR_CHARS:
+        return error_response(
+            422, f"Last-Event-ID: at most {MAX_CURSOR_CHARS} characters (a cursor is epoch:seq)"
+        )
     return StreamingResponse(
         _sse_events(db, hub, flt, since),
         media_type="text/event-stream",

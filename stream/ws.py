@@ -53,7 +53,7 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
         reason = describe_errors(exc.errors())[:120]
         await send({"type": "websocket.close", "code": 1008, "reason": reason})
         return
-    flt = Filter(params.tenant_id, params.tool_id, params.session_id)
+    flt = Filter(params.tenant_id, params.tool_id, params.session_id, params.label_filter())
     refusal = hub.policy(settings_tenant(flt)).refusal
     if refusal is not None:  # accepted first, so a browser can show the reason
         await send({"type": "websocket.close", "code": 1008, "reason": refusal})
@@ -147,6 +147,6 @@ def _handle(text: str, hub: Hub, client: Client, principal: Principal | None) ->
             client.end_for_policy(reason)
             return
         tenant_id = principal.tenant_id
-    flt = Filter(tenant_id, message.tool_id, message.session_id)
+    flt = Filter(tenant_id, message.tool_id, message.session_id, message.label_filter())
     hub.move(client, flt)
-    client.offer(control({"type": "subscribed", **flt._asdict()}))
+    client.offer(control({"type": "subscribed", **flt.described()}))

@@ -57,7 +57,7 @@ def hours(db: Database) -> list[str]:
 
 
 def on_disk(db: Database) -> list[Path]:
-    return sorted((mirror_dir(db.path) / "samples").glob("*/*"))
+    return sorted((mirror_dir(db.path) / "points").glob("*/*"))
 
 
 async def test_many_exports_list_one_file_per_hour(db: Database, writer: Writer) -> None:
@@ -97,7 +97,7 @@ async def test_an_export_that_died_leaves_files_that_are_deleted_later(
 ) -> None:
     await writer.append(rows(T0, 10))
     export(db)
-    stray = mirror_dir(db.path) / "samples" / "day=2026-11-20" / ".09-x.parquet.1.abc.tmp"
+    stray = mirror_dir(db.path) / "points" / "day=2026-11-20" / ".09-x.parquet.1.abc.tmp"
     stray.write_bytes(b"half a file")
     await writer.append(rows(T0, 10))
     export(db)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from query.history import LOOKBACK_MINUTES, raw_deltas
-from query.sql import where
+from query.sql import ids_where, where
 from schemas.db import Database
 from schemas.deltas import with_deltas
 from schemas.models import SampleFilters
@@ -36,7 +36,7 @@ def _view(cur, filters: SampleFilters, start, end) -> list[tuple]:  # type: igno
 
 
 def _arrow(cur, filters: SampleFilters, start, end) -> list[tuple]:  # type: ignore[no-untyped-def]
-    cond, args = where(filters)
+    cond, args = ids_where(filters)
     table = raw_deltas(cur, cond, args, start, end)
     pairs = zip(table.column("seq").to_pylist(), table.column("delta").to_pylist(), strict=True)
     return sorted(pairs)
@@ -92,6 +92,7 @@ def test_with_deltas_counts_a_restart_as_new_work() -> None:
     names = ["seq", "batch", "ts", "tenant_id", "tool_id", "session_id", "source", "metric",
              "kind", "value"]  # fmt: skip
     table = pa.table({name: [r[i] for r in reversed(rows)] for i, name in enumerate(names)})
+    table = table.append_column("series_id", pa.array([7] * table.num_rows, pa.int64()))
     got, follows = with_deltas(table)
     assert follows.tolist() == [False, True, True, True, True]
     assert got.column("seq").to_pylist() == [1, 2, 3, 4, 5]

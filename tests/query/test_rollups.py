@@ -121,7 +121,7 @@ def test_a_day_by_hour_reads_the_rollup(db: Database) -> None:
     rollups.refresh(cur, T0 + timedelta(days=3))
     # Remove raw rows from a rolled-up hour behind the view's back: if the answer still
     # has them, it came from the rollup (a test-only check; nothing in omnimetrics deletes).
-    cur.execute("DELETE FROM samples WHERE ts >= $a AND ts < $b",
+    cur.execute("DELETE FROM points WHERE ts >= $a AND ts < $b",
                 {"a": T0 + timedelta(hours=5), "b": T0 + timedelta(hours=6)})  # fmt: skip
     table = increase_table(cur, SampleFilters(metric="m"), [], T0, T0 + timedelta(days=1), 3600)
     by_hour = {r["t"]: r["value"] for r in table.to_pylist()}

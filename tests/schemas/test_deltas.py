@@ -16,10 +16,32 @@ COLUMNS = ["seq", "batch", "ts", "tenant_id", "tool_id", "session_id", "source",
            "kind", "value"]  # fmt: skip
 
 
+_SAME_SERIES = """
+    k.tenant_id = r.tenant_id AND k.tool_id IS NOT DISTINCT FROM r.tool_id
+    AND k.session_id IS NOT DISTINCT FROM r.session_id AND k.source = r.source
+    AND k.metric = r.metric AND cardinality(k.labels) = 0
+"""
+_NEW_SERIES = f"""
+INSERT INTO series_keys
+SELECT (SELECT coalesce(max(id), 0) FROM series_keys) + row_number() OVER (),
+       tenant_id, tool_id, session_id, source, metric, MAP {{}}::MAP(VARCHAR, VARCHAR), metric
+FROM (SELECT DISTINCT tenant_id, tool_id, session_id, source, metric FROM rows_in r
+      WHERE NOT EXISTS (SELECT 1 FROM series_keys k WHERE {_SAME_SERIES}))
+"""
+_POINTS = f"""
+INSERT INTO points
+SELECT r.seq, r.batch, r.ts, k.id, r.kind, r.value
+FROM rows_in r JOIN series_keys k ON {_SAME_SERIES}
+"""
+
+
 def insert(con: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]]) -> None:
+    """Long-form rows (COLUMNS, with their seq and batch) into `series_keys` and `points`,
+    as the writer stores them (a series without labels per distinct key)."""
     table = pa.table({name: [r[i] for r in rows] for i, name in enumerate(COLUMNS)})
     con.register("rows_in", table)
-    con.execute(f"INSERT INTO samples SELECT {', '.join(COLUMNS)} FROM rows_in")
+    con.execute(_NEW_SERIES)
+    con.execute(_POINTS)
     con.unregister("rows_in")
 
 
