@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import httpx
@@ -38,8 +39,11 @@ def tick_rows(tenant_id: str, results: Sequence[Scrape]) -> Tick:
     scrapes: list[ScrapeRow] = []
     for result in results:
         src = result.source
-        for parsed in result.samples:
-            samples.append(SampleRow(ts, tenant_id, src.tool_id, None, src.name, *parsed))
+        for metric, kind, value, labels, stamp in result.samples:
+            at = ts if stamp is None else datetime.fromtimestamp(stamp / 1000, UTC)
+            samples.append(
+                SampleRow(at, tenant_id, src.tool_id, None, src.name, metric, kind, value, labels)
+            )
         samples.append(
             SampleRow(ts, tenant_id, src.tool_id, None, src.name, "up", "gauge", float(result.up))
         )

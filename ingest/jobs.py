@@ -47,7 +47,11 @@ class CollectionJobs:
             self._inflight.add(task)
         try:
             tick = await self._collector.collect(tenant_id, interval)
-            return await self._writer.append(tick.samples, tick.scrapes)
+            commit = await self._writer.append(tick.samples, tick.scrapes)
+            if commit is not None and commit.skipped:
+                log.warning("tenant %s: %d scraped samples of new series over the series "
+                            "limit were not stored", tenant_id, commit.skipped)  # fmt: skip
+            return commit
         finally:
             if task is not None:
                 self._inflight.discard(task)

@@ -6,6 +6,7 @@ from datetime import datetime
 import orjson
 
 from ingest.writer import EventKey
+from schemas.labels import NO_LABELS, to_json
 from schemas.models import IngestBatch, IngestEvent
 from schemas.rows import SampleRow
 
@@ -51,6 +52,7 @@ def event_rows(
     for event in events:
         ts = event.ts or now
         key = (event.tenant_id, event.event_id) if event.event_id is not None else None
+        labels = to_json(tuple(event.labels.items())) if event.labels else NO_LABELS
         rows = [
             SampleRow(
                 ts,
@@ -61,6 +63,7 @@ def event_rows(
                 metric,
                 event.kind,
                 value,
+                labels,
             )  # fmt: skip
             for metric, value in event.metrics.items()
         ]

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from ingest.limits import EventBudget, OverLimit
 from ingest.push import BodyTooLarge, InvalidBody, event_rows, parse_events, read_capped
-from ingest.writer import Writer
+from ingest.writer import TooManySeries, Writer
 from schemas.auth import AuthError, Principal
 from schemas.http import error_response, validation_error_response
 from schemas.models import IngestAccepted, IngestBatch, IngestEvent, NoParams
@@ -45,7 +45,7 @@ _INGEST_BODY = {
     responses={
         403: {"description": "an event names another tenant than the credential's"},
         413: {"description": "body over the limit (10 MiB by default)"},
-        422: {"description": "invalid, or too many events in one request"},
+        422: {"description": "invalid, too many events in one request, or too many series"},
         429: {"description": "over the tenant's events per minute (see Retry-After)"},
     },
 )
@@ -78,7 +78,10 @@ async def ingest(request: Request, params: Annotated[NoParams, Query()]) -> Any:
             budget.take(tenant_id, n)
     except OverLimit as exc:
         return error_response(429, exc.reason, None, **{"Retry-After": str(exc.retry_after)})
-    await writer.append_events(event_rows(events, utcnow()))
+    try:
+        await writer.append_events(event_rows(events, utcnow()))
+    except TooManySeries as exc:
+        return error_response(422, str(exc))
     return IngestAccepted(accepted=len(events), seq=writer.last_seq)
 
 

@@ -70,9 +70,9 @@ async def scrape(client: httpx.AsyncClient, source: Source, time_limit: float) -
                     raise ScrapeError(f"HTTP {response.status_code} {response.reason_phrase}")
                 body = await _read_capped(response, MAX_BODY_BYTES)
         if source.format == "prometheus":
-            samples = parse_prometheus(body)
+            samples = parse_prometheus(body, source.kinds, source.sample_limit)
         else:
-            samples = parse_json(body, source.kind_of)
+            samples = parse_json(body, source.kind_of, source.sample_limit)
     except TimeoutError:
         error = f"timed out after {time_limit:g} s"
     except httpx.HTTPError as exc:

@@ -29,7 +29,8 @@ class Source:
     tenant_id: str = "local"
     tool_id: str | None = None
     timeout_seconds: float = 2.0
-    kinds: Mapping[str, Kind] = field(default_factory=dict)
+    kinds: Mapping[str, Kind] = field(default_factory=dict)  # by (bare) metric name
+    sample_limit: int = 10_000  # more samples in one scrape fail it whole (up = 0)
     feature: str | None = None  # the tenant feature that switches it on and off
 
     def kind_of(self, metric: str) -> Kind:

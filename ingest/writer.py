@@ -84,6 +84,7 @@ class Writer:
         self._next_seq = 1
         self._next_batch = 1
         self.last_error: str | None = None
+        self.series_skipped = 0  # scraped samples left out: new series over a tenant's limit
 
     @property
     def last_seq(self) -> int:
@@ -233,6 +234,7 @@ class Writer:
                     con.unregister(name)
         self.last_error = None
         self.series.confirm(resolved)
+        self.series_skipped += resolved.skipped
         self._next_seq += n
         self._next_batch += 1
         commit = Commit(batch, first, first + n - 1, n, resolved.skipped)

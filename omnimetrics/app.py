@@ -168,7 +168,7 @@ def create_app(
             db = Database(settings.db, memory_limit=settings.memory_limit, threads=settings.threads)
             stack.callback(db.close)
             signal = AppendSignal()
-            writer = Writer(db, signal)
+            writer = Writer(db, signal, settings.max_series_per_tenant)
             stack.push_async_callback(writer.close)
             await writer.start()
             tenants = TenantRegistry(await _seed_tenants(db, writer, config))

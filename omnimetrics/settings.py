@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.sources import Source
 from schemas.http import describe_errors
-from schemas.models import TenantId
+from schemas.models import Label, TenantId
 from schemas.rows import Kind
 from schemas.tenants import FEATURES, SettingsUpdate
 
@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 10 * 1024 * 1024
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     max_ingest_events_per_minute: Annotated[int, Field(ge=1)] = 1_000_000
+    max_series_per_tenant: Annotated[int, Field(ge=1)] = 1_000_000
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "Settings":
@@ -80,9 +81,11 @@ class SourceConfig(BaseModel):
     url: Annotated[str, Field(pattern=r"^https?://\S+$")]
     format: Literal["json", "prometheus"] = "json"
     tenant_id: TenantId = "local"
-    tool_id: str | None = None
+    tool_id: Label | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     kinds: dict[str, Kind] = Field(default_factory=dict)
+    # A scrape with more samples fails whole (up = 0, the error names the limit).
+    sample_limit: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     # The tenant feature that switches this source off; by default the feature named like
     # the source (`embeddings`, `compression`, ...), else none: always collected.
     feature: Literal["compression", "embeddings", "workflows", "response_cache"] | None = None
@@ -102,7 +105,7 @@ class Config(BaseModel):
     # None: the old service's default sources; an empty list: no sources at all.
     sources: list[SourceConfig] | None = None
     # Initial settings per tenant, as a PUT /settings body (a profile brings its preset).
-    tenants: dict[str, SettingsUpdate] = Field(default_factory=dict)
+    tenants: dict[TenantId, SettingsUpdate] = Field(default_factory=dict)
 
     @field_validator("sources")
     @classmethod

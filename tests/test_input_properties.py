@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ingest.parse import ParseError, parse_json, parse_prometheus
+from schemas.labels import METRIC_NAME, canonical, from_json, to_json
 from ingest.push import InvalidBody, parse_events
 from ingest.sources import default_kind
 from omnimetrics.app import create_app
@@ -70,15 +71,17 @@ PROMETHEUS = st.one_of(st.lists(LINE, max_size=12).map(lambda ls: "\n".join(ls).
 
 @settings(max_examples=400, deadline=None)
 @given(body=PROMETHEUS)
-def test_the_prometheus_path_returns_finite_samples_or_parse_error(body: bytes) -> None:
+def test_the_prometheus_path_returns_canonical_samples_or_parse_error(body: bytes) -> None:
     try:
         parsed = parse_prometheus(body)
     except ParseError as exc:
         assert str(exc)
         return
     for sample in parsed:
-        assert sample.kind in ("counter", "gauge") and math.isfinite(sample.value)
-        assert not sample.metric.endswith("_created")
+        assert sample.kind in ("counter", "gauge", "untyped") and not math.isnan(sample.value)
+        assert METRIC_NAME.fullmatch(sample.metric)
+        assert sample.labels == to_json(canonical(from_json(sample.labels)))
+        assert sample.metric not in ("up", "scrape_duration_seconds")
 
 
 EPOCH = "3f2b7c1e-aaaa-bbbb-cccc-0123456789ab"

@@ -176,7 +176,7 @@ async def test_prometheus_text_keeps_labels_and_types(
     got = dict(
         db.cursor()
         .execute(
-            "SELECT metric, kind FROM samples WHERE metric NOT IN ('up', 'scrape_duration_seconds')"
+            "SELECT name, kind FROM series WHERE metric NOT IN ('up', 'scrape_duration_seconds')"
         )
         .fetchall()
     )
