@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -20,6 +21,8 @@ from ingest.writer import Writer
 from query.history import increase_table
 from query.mirror import export_new, mirror_dir
 from schemas.db import Database
+from schemas.labels import NO_LABELS
+from schemas.migrations import MIGRATIONS
 from schemas.models import SampleFilters
 from schemas.rows import SAMPLE_SCHEMA
 from schemas.signals import AppendSignal
@@ -62,6 +65,7 @@ def days() -> Iterator[pa.Table]:
                 pa.array(np.full(n, "metrics.total_tokens_saved", dtype=object), pa.string()),
                 pa.array(np.full(n, "counter", dtype=object), pa.string()),
                 pa.array(values),
+                pa.array(np.full(n, NO_LABELS, dtype=object), pa.string()),
             ],
             schema=SAMPLE_SCHEMA,
         )
@@ -85,6 +89,35 @@ async def fill_duckdb(path: Path) -> tuple[int, float, float]:
     await writer.close()
     db.close()
     return rows, elapsed, rollup_s
+
+
+def fill_long_form(path: Path) -> float:
+    """The same rows in wave 1's long form (five strings per sample, in the same run): the
+    floor the series model is measured against. Its own migrations (0001, 0002), raw
+    Arrow inserts of the same chunks; returns the seconds."""
+    con = duckdb.connect(str(path))
+    for migration in MIGRATIONS[:2]:  # the long `samples` table and its delta macros
+        con.execute(migration.sql)
+    seq, batch, started = 1, 1, time.perf_counter()
+    for table in days():
+        for offset in range(0, table.num_rows, 500_000):
+            chunk = table.slice(offset, 500_000).drop_columns(["labels"])
+            n = chunk.num_rows
+            chunk = chunk.add_column(0, "seq", pa.array(np.arange(seq, seq + n)))
+            chunk = chunk.add_column(1, "batch", pa.array(np.full(n, batch)))
+            con.register("incoming", chunk)
+            con.execute("INSERT INTO samples SELECT * FROM incoming")
+            con.unregister("incoming")
+            seq, batch = seq + n, batch + 1
+    elapsed = time.perf_counter() - started
+    con.execute("CHECKPOINT")
+    con.close()
+    return elapsed
+
+
+def file_bytes(path: Path) -> int:
+    return path.stat().st_size + (Path(f"{path}.wal").stat().st_size
+                                  if Path(f"{path}.wal").exists() else 0)  # fmt: skip
 
 
 def fill_sqlite(path: Path) -> float:
@@ -143,15 +176,55 @@ print(time.perf_counter() - started)
 """
 
 
+RAW_DAY = """
+SELECT count(*), sum(delta) FROM {macro}(TIMESTAMPTZ '{a}', TIMESTAMPTZ '{b}',
+                                         lookback := INTERVAL 5 MINUTE)
+"""
+
+
+def raw_window(path: Path, macro: str) -> float:
+    """A raw 24 h delta window (no rollups), p50 ms, on its own connection."""
+    con = duckdb.connect(str(path), read_only=True)
+    a, b = END - timedelta(days=1), END
+    sql = RAW_DAY.format(macro=macro, a=a.isoformat(), b=b.isoformat())
+    try:
+        return timed(lambda: con.execute(sql).fetchall(), runs=5)
+    finally:
+        con.close()
+
+
+def storage(tmp: Path, rows: int, long_path: Path) -> None:
+    path = tmp / "h.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CHECKPOINT")
+    con.close()
+    mirror = sum(f.stat().st_size for f in mirror_dir(path).rglob("*.parquet"))
+    ours, long = file_bytes(path) / rows, file_bytes(long_path) / rows
+    print(f"  storage: DuckDB file {ours:.2f} B/sample after CHECKPOINT (target <= 8; the long "
+          f"form, same rows, {long:.2f}); Parquet mirror {mirror / rows:.2f} B/sample "
+          "(target <= 6)")  # fmt: skip
+
+
 def run() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         rows, write_s, rollup_s = asyncio.run(fill_duckdb(tmp / "h.duckdb"))
+        long_s = fill_long_form(tmp / "long.duckdb")
         sqlite_write_s = fill_sqlite(tmp / "h.sqlite")
         print(f"history: {rows:,} samples, {SOURCES} sources, {DAYS} days at {STEP_S} s")
         old = f"SQLite (old design) {sqlite_write_s:.1f} s"
-        print(f"  written in {write_s:.1f} s through the writer; {old}")
+        print(f"  written in {write_s:.1f} s through the writer ({rows / write_s / 1e6:.2f}M "
+              f"rows/s, series resolved); {old}")  # fmt: skip
+        print(f"  wave 1's long form, raw Arrow inserts of the same rows: {long_s:.1f} s "
+              f"({rows / long_s / 1e6:.2f}M rows/s); writer/long form {long_s / write_s:.2f}x "
+              "(target >= 1x)")  # fmt: skip
         print(f"  first rollup of {DAYS} days, through the writer: {rollup_s:.1f} s")
+        ours_raw = raw_window(tmp / "h.duckdb", "point_deltas_between")
+        long_raw = raw_window(tmp / "long.duckdb", "sample_deltas_between")
+        print(
+            f"  raw 24 h delta window: {ours_raw:.1f} ms p50 by series id; long form "
+            f"{long_raw:.1f} ms; {long_raw / ours_raw:.1f}x faster (target >= 2x)"
+        )
         db = Database(tmp / "h.duckdb", read_only=True)
         span = {"start": END - timedelta(days=1), "end": END}
         # The same path as GET /api/v1/increase: rollups for closed hours, raw rows beyond.
@@ -172,6 +245,7 @@ def run() -> None:
               f"SQLite {lite_all:.1f} ms")  # fmt: skip
         export_new(db.cursor(), mirror_dir(db.path), db.epoch)
         db.close()
+        storage(tmp, rows, tmp / "long.duckdb")
         firsts = []
         for _ in range(3):
             done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(tmp / "h.duckdb")],

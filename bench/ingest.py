@@ -21,6 +21,7 @@ from ingest.jobs import CollectionJobs
 from ingest.sources import Source
 from ingest.writer import Writer
 from schemas.db import Database
+from schemas.labels import NO_LABELS
 from schemas.migrations import MIGRATIONS
 from schemas.rows import SAMPLE_SCHEMA
 from schemas.signals import AppendSignal
@@ -45,6 +46,7 @@ def sample_table(n: int, offset: int) -> pa.Table:
             pa.array(np.char.add("metrics.m", (i % 25).astype(str)), pa.string()),
             pa.array(np.full(n, "counter", dtype=object), pa.string()),
             pa.array(i.astype(np.float64)),
+            pa.array(np.full(n, NO_LABELS, dtype=object), pa.string()),
         ],
         schema=SAMPLE_SCHEMA,
     )

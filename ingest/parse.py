@@ -102,7 +102,7 @@ def _labels(body: str | None, line: int) -> Labels:
     while pos < len(body):
         match = _PAIR.match(body, pos)
         if match is None or match.end() == pos:
-            raise ParseError(f"line {line}: labels are not name=\"value\" pairs")
+            raise ParseError(f'line {line}: labels are not name="value" pairs')
         pairs.append((match.group(1), _unescape(match.group(2))))
         pos = match.end()
     try:
@@ -180,7 +180,9 @@ def parse_prometheus(
         raw.append((name, labels, value, int(stamp) if stamp is not None else None))
         if len(raw) > limit:
             raise ParseError(f"sample_limit exceeded: more than {limit} samples in one scrape")
-    totals = {name for name, *_ in raw if name.endswith("_total") and _kind(name, types) == "counter"}
+    totals = {
+        name for name, *_ in raw if name.endswith("_total") and _kind(name, types) == "counter"
+    }
     out = []
     for name, labels, value, stamp in raw:
         kind = _kind(name, types)

@@ -154,9 +154,13 @@ class SeriesIndex:
                 picked.column("session_id"),
                 picked.column("source"),
                 picked.column("metric"),
-                pa.array([list(pairs) for pairs in labels], SERIES_KEYS_SCHEMA.field("labels").type),
-                pa.array([text_form(m, pairs) for m, pairs in zip(metrics, labels, strict=True)],
-                         pa.string()),  # fmt: skip
+                pa.array(
+                    [list(pairs) for pairs in labels], SERIES_KEYS_SCHEMA.field("labels").type
+                ),
+                pa.array(
+                    [text_form(m, pairs) for m, pairs in zip(metrics, labels, strict=True)],
+                    pa.string(),
+                ),  # fmt: skip
             ],
             schema=SERIES_KEYS_SCHEMA,
         )

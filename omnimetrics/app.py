@@ -73,14 +73,17 @@ class App:
         self.api = api
         self.state = api.state
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        regex = settings.origin_regex()
         self.guard = Guard(api, secret=secret, allowed_origins=settings.origins(),
-                           max_body_bytes=settings.max_body_bytes)  # fmt: skip
+                           max_body_bytes=settings.max_body_bytes,
+                           origin_regex=regex)  # fmt: skip
         self.http: Any = self.guard
         origins = settings.origins()
-        if origins:  # without any, browsers keep to the same origin (no CORS headers)
+        if origins or regex:  # without any, browsers keep to the same origin (no CORS headers)
             self.http = CORSMiddleware(
                 self.guard,
                 allow_origins=origins,
+                allow_origin_regex=regex,
                 allow_credentials="*" not in origins,  # never "*" with credentials
                 allow_methods=["GET", "PUT", "POST"],
                 allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],

@@ -15,6 +15,7 @@ The credential travels as `Authorization: Bearer <jwt>`, or as `?token=` on the 
 stream routes (browsers cannot set headers there).
 """
 
+import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -53,10 +54,12 @@ class Guard:
         secret: str | None,
         allowed_origins: list[str],
         max_body_bytes: int,
+        origin_regex: str | None = None,
     ) -> None:
         self.app = app
         self.secret = secret
         self.allowed_origins = frozenset(allowed_origins)
+        self.origin_pattern = re.compile(origin_regex) if origin_regex else None
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
@@ -125,6 +128,8 @@ class Guard:
             return True  # not a browser: nothing to hijack
         origin = origin.rstrip("/")
         if origin in self.allowed_origins or "*" in self.allowed_origins:
+            return True
+        if self.origin_pattern is not None and self.origin_pattern.fullmatch(origin):
             return True
         return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
 

@@ -41,9 +41,12 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
         {
             "status": "degraded" if degraded else "healthy",
             "sources": sources,
-            "writer": {"last_seq": writer.last_seq, "error": writer.last_error,
-                       "series": len(writer.series),
-                       "series_limit_skipped": writer.series_skipped},  # fmt: skip
+            "writer": {
+                "last_seq": writer.last_seq,
+                "error": writer.last_error,
+                "series": len(writer.series),
+                "series_limit_skipped": writer.series_skipped,
+            },  # fmt: skip
             "streams": {
                 "clients": len(hub),
                 "queued_bytes": hub.queued_bytes(),

@@ -22,6 +22,7 @@ from schemas.rows import Kind
 from schemas.tenants import FEATURES, SettingsUpdate
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+LOOPBACK_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
 
 
 class Settings(BaseSettings):
@@ -72,6 +73,13 @@ class Settings(BaseSettings):
 
     def origins(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
+    def origin_regex(self) -> str | None:
+        """With `--demo` and no origins configured, pages from loopback origins on any
+        port (the old dashboard on :8004) may call the API and streams."""
+        if self.demo and not self.origins():
+            return LOOPBACK_ORIGINS
+        return None
 
 
 class SourceConfig(BaseModel):

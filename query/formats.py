@@ -79,7 +79,7 @@ def json_number(value: float) -> float | str:
 
 def json_rows(table: pa.Table) -> list[dict[str, Any]]:
     """Rows for a JSON body: label maps as objects, non-finite numbers as strings."""
-    rows = table.to_pylist()
+    rows: list[dict[str, Any]] = table.to_pylist()
     maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
     odd = [
         f.name

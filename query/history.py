@@ -91,7 +91,9 @@ def _sql_sums(
         parts.append(_MACRO.format(cond=cond, a=f"a{i}", b=f"b{i}",
                                    lookback=LOOKBACK_MINUTES))  # fmt: skip
         args.update({f"a{i}": a, f"b{i}": b})
-    sql = f"SELECT b, series_id, sum(delta) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
+    sql = (
+        f"SELECT b, series_id, sum(delta) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
+    )
     return arrow(cur, sql, args)
 
 

@@ -254,3 +254,81 @@ def session_summary(
         return empty_summary()
     end = max(now, last + timedelta(milliseconds=1))
     return grouped(cur, filters, first, end).get(None) or empty_summary()
+
+
+# `/metrics/latest`: the old service asked its upstreams; the latest stored values here.
+LATEST_COUNTERS = {**COUNTERS, "cache_hits": "cache_hits", "cache_misses": "cache_misses"}
+LATEST_FIELDS = {**LATEST_COUNTERS, **GAUGES}
+_LATEST = """
+SELECT string_split(k.metric, '.')[-1] AS name, p.value, p.ts
+FROM points p JOIN series_keys k ON k.id = p.series_id
+WHERE {cond} AND cardinality(k.labels) = 0
+  AND list_contains($names, string_split(k.metric, '.')[-1])
+QUALIFY row_number() OVER (PARTITION BY p.series_id ORDER BY p.ts DESC, p.seq DESC) = 1
+"""
+
+
+def latest_values(
+    cur: duckdb.DuckDBPyConnection, filters: SampleFilters, now: datetime
+) -> dict[str, Any]:
+    """The old `/metrics/latest` fields: each counter field the sum of its series' latest
+    values (one per tool and session), each gauge field its newest value; 0 if unseen."""
+    cond, args = where(filters)
+    args["names"] = list(LATEST_FIELDS)
+    body: dict[str, Any] = dict.fromkeys(sorted(set(LATEST_FIELDS.values())), 0)
+    newest: dict[str, datetime] = {}
+    stamp: datetime | None = None
+    for name, value, ts in cur.execute(_LATEST.format(cond=cond), args).fetchall():
+        field = LATEST_FIELDS[name]
+        stamp = ts if stamp is None else max(stamp, ts)
+        if name in LATEST_COUNTERS:
+            body[field] = number(body[field] + value)
+        elif field not in newest or ts > newest[field]:
+            newest[field] = ts
+            body[field] = number(value)
+    return {"timestamp": rfc3339(stamp or now), **body}
+
+
+# Gauge-like fields `/metrics/tool/{id}` averages, by last path element.
+TOOL_AVERAGES: dict[str, tuple[str, ...]] = {
+    "avg_embeddings": ("total_embeddings",),
+    "avg_cache_hit_rate": ("cache_hit_rate",),
+    "avg_tokens_saved": ("total_tokens_saved", "tokens_saved"),
+    "avg_compression_ratio": ("avg_compression_ratio", "compression_ratio"),
+    "avg_quality_score": ("quality_score", "avg_quality_score"),
+    "avg_patterns": ("patterns", "patterns_detected"),
+}
+_TOOL = """
+SELECT count(DISTINCT batch) AS sample_count, {averages},
+       max(value) FILTER (list_contains($p_max, name)) AS max_patterns
+FROM (SELECT *, string_split(metric, '.')[-1] AS name FROM samples WHERE {cond})
+"""
+
+
+def tool_metrics(
+    cur: duckdb.DuckDBPyConnection, filters: SampleFilters, start: datetime, end: datetime
+) -> dict[str, Any]:
+    """The old `/metrics/tool/{id}` numbers: reset-aware totals, averages over samples."""
+    totals = counter_totals(cur, filters, start, end).get(None) or _zeros()
+    cond, args = where(filters, start, end)
+    averages = []
+    for i, (field, last) in enumerate(TOOL_AVERAGES.items()):
+        averages.append(f"avg(value) FILTER (list_contains($p{i}, name)) AS {field}")
+        args[f"p{i}"] = list(last)  # `field` is one of the fixed names above
+    args["p_max"] = [*TOOL_AVERAGES["avg_patterns"]]
+    result = cur.execute(_TOOL.format(averages=", ".join(averages), cond=cond), args)
+    columns = [column[0] for column in result.description or ()]
+    row = dict(zip(columns, result.fetchall()[0], strict=True))
+    return {
+        "sample_count": row["sample_count"] or 0,
+        "avg_embeddings": row["avg_embeddings"] or 0.0,
+        "total_embeddings": number(totals["total_embeddings"]),
+        "avg_cache_hit_rate": row["avg_cache_hit_rate"] or 0.0,
+        "avg_tokens_saved": row["avg_tokens_saved"] or 0.0,
+        "total_tokens_saved": number(totals["tokens_saved"]),
+        "total_compressions": number(totals["total_compressions"]),
+        "avg_compression_ratio": row["avg_compression_ratio"] or 0.0,
+        "avg_quality_score": row["avg_quality_score"] or 0.0,
+        "avg_patterns": row["avg_patterns"] or 0.0,
+        "max_patterns": number(row["max_patterns"]) if row["max_patterns"] is not None else 0,
+    }

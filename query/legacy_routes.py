@@ -17,6 +17,7 @@ from schemas.models import (
     LegacyHistoryParams,
     LegacySessionParams,
     LegacyTokenSavingsParams,
+    LegacyToolHistoryParams,
     LegacyToolWindow,
     LegacyWindow,
     SampleFilters,
@@ -160,6 +161,42 @@ async def compare(request: Request, params: Annotated[LegacyCompareParams, Query
             "sample_count": s["sample_count"],
         }
     return JSONResponse(body)
+
+
+@router.get("/metrics/latest")
+async def latest(request: Request, params: Annotated[LegacySessionParams, Query()]) -> Response:
+    """The latest stored values under the old field names (the old service asked its
+    upstreams; these are what they last said)."""
+    body = await _db(request).read(
+        partial(legacy.latest_values, filters=_filters(params), now=utcnow())
+    )
+    return JSONResponse(body)
+
+
+@router.get("/metrics/tool/{tool_id}")
+async def tool(
+    request: Request, tool_id: Label, params: Annotated[LegacyWindow, Query()]
+) -> Response:
+    """One tool's totals (reset-aware) and averages over the last `hours`."""
+    start, end = _window(params.hours)
+    metrics = await _db(request).read(partial(
+        legacy.tool_metrics, filters=_filters(params, tool_id=tool_id), start=start, end=end
+    ))  # fmt: skip
+    return JSONResponse({"tool_id": tool_id, "hours": params.hours, "metrics": metrics})
+
+
+@router.get("/metrics/tool/{tool_id}/history")
+async def tool_history(
+    request: Request, tool_id: Label, params: Annotated[LegacyToolHistoryParams, Query()]
+) -> Response:
+    """One tool's snapshots of the last `hours`, as `/metrics/history` gives them."""
+    start, end = _window(params.hours)
+    rows = await _db(request).read(partial(
+        legacy.history, filters=_filters(params, tool_id=tool_id), start=start, end=end,
+        limit=params.limit,
+    ))  # fmt: skip
+    return JSONResponse({"tool_id": tool_id, "hours": params.hours, "history": rows,
+                         "count": len(rows)})  # fmt: skip
 
 
 @router.get("/sessions/{session_id}/metrics")

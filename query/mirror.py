@@ -143,7 +143,6 @@ def export_new(
         shutil.rmtree(mirror, ignore_errors=True)
         meta = {}
     done = int(str(meta.get("seq", 0)))
-    samples = mirror / "points"
     by_hour = {_hour_of(path.name, path.parent.name): path for path in listed_files(mirror, meta)}
     cur.begin()  # the series file and the points it must cover, from one snapshot
     try:

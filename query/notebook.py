@@ -57,9 +57,10 @@ class _Follower:
         series = listed_series(self._mirror)
         if files and series is not None:
             names = ", ".join(_literal(f) for f in files)
+            keys = _literal(series)
             con.execute(
                 f"CREATE OR REPLACE VIEW points AS SELECT * FROM read_parquet([{names}]);"
-                f"CREATE OR REPLACE VIEW series_keys AS SELECT * FROM read_parquet({_literal(series)})"
+                f"CREATE OR REPLACE VIEW series_keys AS SELECT * FROM read_parquet({keys})"
             )
         else:  # nothing exported yet
             con.execute(EMPTY_TABLES)

@@ -89,7 +89,7 @@ def parse_text_form(text: str) -> tuple[str, Labels]:
     while pos < len(body):
         match = _PAIR.match(body, pos)
         if match is None:
-            raise LabelError(f"{text[:80]!r}: labels are not k=\"v\" pairs")
+            raise LabelError(f'{text[:80]!r}: labels are not k="v" pairs')
         pairs.append((match.group(1), _unescape(match.group(2))))
         pos = match.end()
     return name.strip(), canonical(pairs)

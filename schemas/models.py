@@ -1,10 +1,8 @@
 """Pydantic models of every REST body and query string (the edges only)."""
 
-from datetime import UTC, datetime
-from typing import Annotated, Literal
-
 import re
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -51,9 +49,7 @@ MetricName = Annotated[
 EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
-)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
 def _rfc3339_text(value: Any) -> Any:
@@ -243,6 +239,10 @@ class LegacyToolWindow(LegacyWindow):
 
 
 class LegacyHistoryParams(LegacyToolWindow):
+    limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+
+
+class LegacyToolHistoryParams(LegacyWindow):
     limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
 
 

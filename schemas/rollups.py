@@ -1,4 +1,5 @@
-"""Hourly rollups per series id: materializing closed time (by the writer) and the watermark reads use.
+"""Hourly rollups per series id: materializing closed time (by the writer), and the
+watermark that reads use.
 
 `rollup_until` is whole epoch seconds on a minute boundary: every hour before it is
 materialized, the hour it falls in only up to it (a partial row, rebuilt whole at each

@@ -6,7 +6,7 @@ it gets on catching up are the same messages.
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -32,6 +32,11 @@ class Row(NamedTuple):
     kind: str
     value: float
     delta: float | None
+
+
+def _row(r: tuple[Any, ...]) -> Row:
+    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], labels_of(r[9]), r[10],
+               r[11], r[12])  # fmt: skip
 
 
 def labels_of(stored: dict[str, str] | None) -> Labels:
@@ -88,7 +93,7 @@ def read_batches(cur: duckdb.DuckDBPyConnection, after: int, upto: int) -> list[
         "after": after,
         "upto": upto,
     }
-    rows = [Row(*r[:9], labels_of(r[9]), *r[10:]) for r in cur.execute(_ROWS, params).fetchall()]
+    rows = [_row(r) for r in cur.execute(_ROWS, params).fetchall()]
     if not rows:
         return []
     return group_batches(rows, read_failures(cur, rows[0].batch, rows[-1].batch))

@@ -97,7 +97,8 @@ def read_live(
             return _exact(cur, cache, after, upto)  # a backdated row: let SQL order it
         known[key] = Last(ts, seq, value)
         delta = sample_delta(r[10], value, prev.value if prev else None)
-        rows.append(Row(*r[:9], labels_of(r[9]), r[10], value, delta))
+        rows.append(Row(seq, r[1], ts, key, r[4], r[5], r[6], r[7], r[8], labels_of(r[9]), r[10],
+                        value, delta))  # fmt: skip
     for key, last in known.items():
         cache.put(key, last)
     return group_batches(rows, read_failures(cur, rows[0].batch, rows[-1].batch))

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ingest.parse import ParseError, parse_json, parse_prometheus
-from schemas.labels import METRIC_NAME, canonical, from_json, to_json
 from ingest.push import InvalidBody, parse_events
 from ingest.sources import default_kind
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
+from schemas.labels import METRIC_NAME, canonical, from_json, to_json
 from stream.cursor import BadCursor, parse_cursor
 from tests.helpers import serve
 

@@ -63,6 +63,8 @@ def test_bad_environment_twin_exits_2(tmp_path: Path) -> None:
         ('[[sources]]\nname = "a"\nurl = "http://x/"\n[[sources]]\nname = "a"\nurl = "http://y/"\n',
          "defined twice"),
         ('[tenants.local]\ncollection_interval_seconds = 0\n', "collection_interval_seconds"),
+        ("[tenants.'a b']\nperformance_profile = \"disabled\"\n", "tenants.a b"),
+        ('[[sources]]\nname = "a"\nurl = "http://x/"\nsample_limit = 0\n', "sample_limit"),
         ('colour = "blue"\n', "colour"),
     ],
 )  # fmt: skip

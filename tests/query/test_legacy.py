@@ -234,3 +234,40 @@ def test_injection_strings_match_nothing(base: str, evil: str) -> None:
     assert get(base, f"/sessions/{evil}/metrics").json()["sample_count"] == 0
     assert get(base, "/metrics/compare", tool_ids=evil).json()[evil]["sample_count"] == 0
     assert saved(base, tool_id="claude-code") == 27
+
+
+def test_metrics_latest_gives_the_latest_stored_values_under_the_old_names(base: str) -> None:
+    local = get(base, "/metrics/latest", tenant_id="local").json()
+    fields = {"timestamp", "tokens_saved", "total_compressions", "compression_ratio",
+              "total_embeddings", "cache_hit_rate", "cache_hits", "cache_misses"}  # fmt: skip
+    assert set(local) == fields
+    # Counters: each series' latest (claude-code 12, cursor 80 and its pushed 5, s-old 9).
+    assert local["tokens_saved"] == 12 + 80 + 5 + 9
+    assert (local["total_compressions"], local["total_embeddings"]) == (4, 130)
+    assert (local["cache_hit_rate"], local["compression_ratio"]) == (0.7, 0.4)
+    assert (local["cache_hits"], local["cache_misses"]) == (0, 0)
+    acme = get(base, "/metrics/latest", tenant_id="acme").json()
+    assert acme["tokens_saved"] == 2000 and acme["total_embeddings"] == 0
+    assert get(base, "/metrics/latest", hours="1").status_code == 422
+
+
+def test_metrics_tool_gives_totals_reset_aware_and_averages_over_samples(base: str) -> None:
+    body = get(base, "/metrics/tool/claude-code", hours=24).json()
+    assert (body["tool_id"], body["hours"]) == ("claude-code", 24)
+    m = body["metrics"]
+    assert (m["total_tokens_saved"], m["total_compressions"], m["total_embeddings"]) == (27, 1, 30)
+    assert m["avg_embeddings"] == 115 and m["avg_cache_hit_rate"] == pytest.approx(0.6)
+    assert m["avg_tokens_saved"] == pytest.approx((1000 + 1010 + 1015 + 5 + 12) / 5)
+    assert m["avg_compression_ratio"] == pytest.approx(0.4)
+    assert m["sample_count"] == 12  # one per push of the tool in the window
+    assert (m["avg_quality_score"], m["avg_patterns"], m["max_patterns"]) == (0.0, 0.0, 0)
+    nothing = get(base, "/metrics/tool/nobody").json()["metrics"]
+    assert nothing["sample_count"] == 0 and nothing["total_tokens_saved"] == 0
+
+
+def test_metrics_tool_history_is_the_history_of_that_tool(base: str) -> None:
+    body = get(base, "/metrics/tool/cursor/history", hours=24).json()
+    same = get(base, "/metrics/history", hours=24, tool_id="cursor").json()
+    assert body == {"tool_id": "cursor", "hours": 24, "history": same["history"],
+                    "count": same["count"]}  # fmt: skip
+    assert body["count"] > 0 and all(row["tool_id"] == "cursor" for row in body["history"])
