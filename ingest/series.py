@@ -1,11 +1,10 @@
 """The writer's map of known series: their ids, resolved per column, never per row.
 
 Rows arrive with the series' strings (tenant, tool, session, source, metric, canonical
-labels JSON). Each row's key is those joined into one string (vectorized in Arrow), the
-key column is dictionary-encoded, and only its distinct values are looked up here: a
-tick of 10,000 samples from one source costs a few thousand dict look-ups at most, a
-bulk push of one series one. New series get the next ids; they enter the map only once
-their transaction commits (`confirm`), so a failed write leaves it as it was.
+labels JSON). Rows of the same series are found per column (`group_rows`), and only one
+key per distinct series is looked up here: a tick of 10,000 samples costs at most 10,000
+dict look-ups, a bulk push of one series one. New series get the next ids; they enter the
+map only once their transaction commits (`confirm`), so a failed write leaves it as it was.
 """
 
 from collections import Counter
@@ -20,9 +19,6 @@ from schemas.labels import from_json, text_form, to_json
 from schemas.series_migration import SERIES_KEYS_SCHEMA
 
 KEY_COLUMNS = ("tenant_id", "tool_id", "session_id", "source", "metric", "labels")
-# Names and labels never hold control characters (schemas.models.Label), so this
-# separator cannot make two keys one.
-_SEP = "\x1f"
 _LOAD = "SELECT id, tenant_id, tool_id, session_id, source, metric, labels FROM series_keys"
 
 DEFAULT_MAX_SERIES_PER_TENANT = 1_000_000
@@ -44,24 +40,62 @@ class Resolved(NamedTuple):
     ids: pa.Array  # one series id per row kept
     keep: np.ndarray | None  # rows kept (None: all); rows of series over the limit are not
     new: pa.Table  # series_keys rows to insert with these points
-    new_keys: list[str]
+    new_keys: list["SeriesKey"]
     new_tenants: Counter[str]
     skipped: int  # rows dropped because their new series were over the limit
 
 
-def _key(parts: tuple[object, ...]) -> str:
-    return _SEP.join("!" if p is None else f"={p}" for p in parts)
+SeriesKey = tuple[object, ...]  # the KEY_COLUMNS values of one series
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd, so each step is a bijection of its input
 
 
-def key_column(table: pa.Table) -> pa.Array:
-    """Each row's series key: `=value` per column (`!` for NULL), joined by _SEP."""
-    cols = []
-    for name in KEY_COLUMNS:
-        column = table.column(name)
-        marked = pc.binary_join_element_wise(pa.scalar("="), column, "")
-        cols.append(pc.fill_null(marked, "!") if column.null_count else marked)
-    joined = pc.binary_join_element_wise(*cols, _SEP)
-    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+def _codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Each row's position in the column's dictionary (NULL is a value of its own)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_dictionary(array.type):
+        array = pc.dictionary_encode(array, null_encoding="encode")
+    elif array.null_count:  # a dictionary's NULLs have no index: give them one
+        array = pc.dictionary_encode(array.dictionary_decode(), null_encoding="encode")
+    # A dictionary may hold a value twice (two codes, one value): `resolve` maps such
+    # groups to one series by their values.
+    return np.asarray(array.indices.to_numpy(zero_copy_only=False), dtype=np.uint64)
+
+
+def group_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with the same KEY_COLUMNS values, per column and never per row: each row's
+    group (numbered in order of first appearance) and each group's first row.
+
+    Each column is dictionary-encoded, the codes are mixed into one 64-bit number per row
+    and that is encoded again. Two different keys mixing to the same number is checked
+    for (every row must have its group's first row's codes), and then grouped exactly
+    another way, so the answer never depends on luck."""
+    n = table.num_rows
+    codes = [
+        _codes(table.column(name)) for name in KEY_COLUMNS if table.column(name).null_count < n
+    ]  # fmt: skip  (all NULL: one value)
+    mixed = np.zeros(n, np.uint64)
+    with np.errstate(over="ignore"):
+        for column in codes:
+            mixed = mixed * _MIX + column + np.uint64(1)
+    group = np.asarray(pc.dictionary_encode(pa.array(mixed)).indices.to_numpy(), np.int64)
+    seen = np.maximum.accumulate(group)
+    new = np.ones(n, bool)
+    new[1:] = group[1:] > seen[:-1]
+    firsts = np.flatnonzero(new)
+    if all(np.array_equal(column, column[firsts][group]) for column in codes):
+        return group, firsts
+    return _group_exactly(table)
+
+
+def _group_exactly(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """`group_rows` by the key values themselves (slower; only after a mixing collision)."""
+    ids: dict[SeriesKey, int] = {}
+    columns = [table.column(name).to_pylist() for name in KEY_COLUMNS]
+    group = np.array([ids.setdefault(key, len(ids)) for key in zip(*columns, strict=True)],
+                     np.int64)  # fmt: skip
+    firsts = np.zeros(len(ids), np.int64)
+    firsts[group[::-1]] = np.arange(len(group) - 1, -1, -1)
+    return group, firsts
 
 
 class SeriesIndex:
@@ -69,7 +103,7 @@ class SeriesIndex:
 
     def __init__(self, max_per_tenant: int = DEFAULT_MAX_SERIES_PER_TENANT) -> None:
         self.max_per_tenant = max_per_tenant
-        self._ids: dict[str, int] = {}
+        self._ids: dict[SeriesKey, int] = {}
         self._per_tenant: Counter[str] = Counter()
         self._next = 1
 
@@ -83,7 +117,7 @@ class SeriesIndex:
         top = 0
         for sid, tenant, tool, session, source, metric, labels in con.execute(_LOAD).fetchall():
             labels_json = to_json(tuple(sorted(labels.items())))
-            self._ids[_key((tenant, tool, session, source, metric, labels_json))] = sid
+            self._ids[(tenant, tool, session, source, metric, labels_json)] = sid
             self._per_tenant[tenant] += 1
             top = max(top, sid)
         self._next = top + 1
@@ -96,54 +130,46 @@ class SeriesIndex:
         if n == 0:
             empty = pa.Table.from_pylist([], schema=SERIES_KEYS_SCHEMA)
             return Resolved(pa.array([], pa.int64()), None, empty, [], Counter(), 0)
-        encoded = key_column(table).dictionary_encode()
-        distinct = encoded.dictionary.to_pylist()
-        ids = np.empty(len(distinct), np.int64)
-        new_rows: list[int] = []  # positions in `distinct`
+        group, firsts = group_rows(table)
+        heads = table.select(list(KEY_COLUMNS)).take(pa.array(firsts))
+        keys = list(zip(*(heads.column(c).to_pylist() for c in KEY_COLUMNS), strict=True))
+        ids = np.empty(len(keys), np.int64)
+        new_rows: list[int] = []  # positions in `keys`
         new_tenants: Counter[str] = Counter()
-        refused = np.zeros(len(distinct), bool)
-        firsts: np.ndarray | None = None
+        pending: dict[SeriesKey, int] = {}  # new in this batch (a key may be two groups)
         next_id = self._next
-        for i, key in enumerate(distinct):
+        for i, key in enumerate(keys):
             sid = self._ids.get(key)
+            if sid is None:
+                sid = pending.get(key)
             if sid is not None:
                 ids[i] = sid
                 continue
-            if firsts is None:  # the first row of each distinct key, for its strings
-                indices = encoded.indices.to_numpy()
-                order = np.argsort(indices, kind="stable")
-                starts = np.searchsorted(indices[order], np.arange(len(distinct)))
-                firsts = order[starts]
-            tenant = str(table.column("tenant_id")[int(firsts[i])].as_py())
+            tenant = str(key[0])
             if self._per_tenant[tenant] + new_tenants[tenant] >= self.max_per_tenant:
                 if not drop_over_limit:
                     raise TooManySeries(tenant, self.max_per_tenant)
-                refused[i] = True
                 ids[i] = -1
                 continue
             new_tenants[tenant] += 1
-            ids[i] = next_id
+            ids[i] = pending[key] = next_id
             next_id += 1
             new_rows.append(i)
-        row_ids = ids[encoded.indices.to_numpy()]
-        keep = None
-        skipped = 0
-        if refused.any():
+        row_ids = ids[group]
+        keep, skipped = None, 0
+        if (ids < 0).any():
             keep = row_ids >= 0
             skipped = int(n - keep.sum())
             row_ids = row_ids[keep]
-        new = self._new_series(table, firsts, new_rows, ids)
-        return Resolved(
-            pa.array(row_ids, pa.int64()), keep, new, [distinct[i] for i in new_rows],
-            new_tenants, skipped,
-        )  # fmt: skip
+        new = self._new_series(heads, new_rows, ids)
+        return Resolved(pa.array(row_ids, pa.int64()), keep, new,
+                        [keys[i] for i in new_rows], new_tenants, skipped)  # fmt: skip
 
-    def _new_series(
-        self, table: pa.Table, firsts: np.ndarray | None, rows: list[int], ids: np.ndarray
-    ) -> pa.Table:
-        if not rows or firsts is None:
+    def _new_series(self, heads: pa.Table, rows: list[int], ids: np.ndarray) -> pa.Table:
+        """series_keys rows for the groups `rows` of `heads` (one row per group)."""
+        if not rows:
             return pa.Table.from_pylist([], schema=SERIES_KEYS_SCHEMA)
-        picked = table.select(list(KEY_COLUMNS)).take(pa.array(firsts[rows]))
+        picked = heads.take(pa.array(rows))
         labels = [from_json(text) for text in picked.column("labels").to_pylist()]
         metrics = picked.column("metric").to_pylist()
         return pa.Table.from_arrays(

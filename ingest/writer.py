@@ -186,8 +186,11 @@ class Writer:
         drop_over_limit: bool = False,
     ) -> Commit | None:
         con = self._connection()
-        if "labels" not in table.schema.names:
-            table = table.append_column("labels", pa.array(np.full(table.num_rows, NO_LABELS)))
+        if "labels" not in table.schema.names:  # one dictionary entry, not n strings
+            none = pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(table.num_rows, np.int32)), pa.array([NO_LABELS])
+            )
+            table = table.append_column("labels", none)
         resolved = self.series.resolve(table, drop_over_limit)
         if resolved.keep is not None:
             table = table.filter(pa.array(resolved.keep))

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from query.sql import ids_where
+from query.sql import series_where
 from schemas.db import arrow
 from schemas.deltas import CUMULATIVE, same_as_previous, with_deltas
 from schemas.models import GROUP_LABELS, SampleFilters
@@ -46,8 +46,6 @@ SELECT ts, seq, series_id, kind, value FROM points
 WHERE series_id IN (SELECT unnest($ids)) AND ts < $before
 QUALIFY row_number() OVER (PARTITION BY series_id ORDER BY ts DESC, seq DESC) = 1
 """
-# The group labels of the series given: fixed columns, or `labels.NAME` as `labels[$gN]`.
-_GROUPS = "SELECT id AS series_id{sel} FROM series_keys WHERE id IN (SELECT unnest($ids))"
 
 
 HEAD = "SELECT coalesce(max(seq), 0) FROM points"
@@ -80,21 +78,54 @@ def _sql_sums(
     filter_args: dict[str, Any],
     step: int,
     rolled: tuple[datetime, datetime] | None,
-    raw: list[tuple[datetime, datetime]],
+    long: list[tuple[datetime, datetime]],
 ) -> pa.Table:
-    """Sums per bucket and series over the rollup range and long raw ranges, in SQL."""
+    """(bucket, series_id, value) rows over the rollup range and long raw ranges, in SQL.
+    Rollup rows come as they are (one per hour and series: few, and summed per bucket by
+    `gap_filled` anyway; a hash aggregate here costs more than it saves); long raw ranges
+    are summed per bucket and series."""
     parts, args = [], {**filter_args, "step": step}
     if rolled is not None:
         parts.append(_ROLLED.format(cond=cond))
         args.update(r0=rolled[0], r1=rolled[1])
-    for i, (a, b) in enumerate(raw):
-        parts.append(_MACRO.format(cond=cond, a=f"a{i}", b=f"b{i}",
-                                   lookback=LOOKBACK_MINUTES))  # fmt: skip
+    for i, (a, b) in enumerate(long):
+        macro = _MACRO.format(cond=cond, a=f"a{i}", b=f"b{i}", lookback=LOOKBACK_MINUTES)
+        parts.append(f"SELECT b, series_id, sum(delta) AS delta FROM ({macro}) GROUP BY ALL")
         args.update({f"a{i}": a, f"b{i}": b})
-    sql = (
-        f"SELECT b, series_id, sum(delta) AS value FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
-    )
-    return arrow(cur, sql, args)
+    union = " UNION ALL ".join(parts)
+    return _as_sums(arrow(cur, f"SELECT b, series_id, delta AS value FROM ({union})", args))
+
+
+_SUMS = pa.schema([("b", pa.int64()), ("series_id", pa.int64()), ("value", pa.float64())])
+
+
+def _as_sums(part: pa.Table) -> pa.Table:
+    """A part in the common (bucket, series_id, value) types (DuckDB's and Arrow's
+    need not match)."""
+    return part.select(_SUMS.names).cast(_SUMS)
+
+
+# Up to this many series, a query names their ids (a constant list DuckDB checks in
+# about half the time of a semi-join); more, and it joins `series_keys` instead.
+LISTED_IDS = 1_000
+_LOOKUP = "SELECT id AS series_id{sel} FROM series_keys WHERE {cond}"
+
+
+def series_lookup(
+    cur: duckdb.DuckDBPyConnection, filters: SampleFilters, labels: list[str]
+) -> tuple[pa.Table, str, dict[str, Any]]:
+    """The series the filters select, with their group labels (one small query), and the
+    condition on `series_id` that selects them in `points` and `rollup_hourly`."""
+    cond, args = series_where(filters)
+    exprs = [_group_expr(label, i) for i, label in enumerate(labels)]
+    lookup_args = {**args, **{f"g{i}": name for i, (_, name) in enumerate(exprs) if name}}
+    sel = "".join(sql for sql, _ in exprs)
+    lookup = arrow(cur, _LOOKUP.format(sel=sel, cond=cond), lookup_args)
+    if cond == "TRUE":
+        return lookup, "TRUE", {}
+    if lookup.num_rows <= LISTED_IDS:
+        return lookup, "list_contains($ids, series_id)", {"ids": lookup.column(0).to_pylist()}
+    return lookup, f"series_id IN (SELECT id FROM series_keys WHERE {cond})", args
 
 
 def raw_deltas(
@@ -125,56 +156,48 @@ def _bucketed(deltas: pa.Table, step: int) -> pa.Table:
     """`raw_deltas` rows as (bucket, series_id, value), the shape of the SQL sums."""
     micros = deltas.column("ts").cast(pa.int64()).to_numpy()
     buckets = pa.array(micros // (step * 1_000_000))
-    return pa.table({"b": buckets, "series_id": deltas.column("series_id"),
-                     "value": deltas.column("delta")})  # fmt: skip
+    return pa.table({"b": buckets, "series_id": deltas.column("series_id").cast(pa.int64()),
+                     "value": deltas.column("delta").cast(pa.float64())})  # fmt: skip
 
 
 def _group_expr(label: str, i: int) -> tuple[str, str | None]:
-    """SQL for one group label (a fixed column, or `labels.NAME` bound as a parameter)."""
+    """SQL for one group label (a fixed column, or `labels.NAME` bound as a parameter);
+    `label` is from the allow-list GROUP_LABELS or matched `labels.NAME`, never free text."""
     if label in GROUP_LABELS:
         return f", {label} AS g{i}", None
     return f", labels[$g{i}] AS g{i}", label.removeprefix("labels.")
 
 
-def with_groups(cur: duckdb.DuckDBPyConnection, sums: pa.Table, labels: list[str]) -> pa.Table:
-    """(bucket, series_id, value) rows as (bucket, <labels>, value): each series' group
-    labels, looked up once per distinct series."""
-    if not labels:
-        return sums.select(["b", "value"])
-    if sums.num_rows == 0:
-        empty = {label: pa.array([], pa.string()) for label in labels}
-        return pa.table({"b": sums.column("b"), **empty, "value": sums.column("value")})
-    exprs = [_group_expr(label, i) for i, label in enumerate(labels)]
-    args: dict[str, Any] = {f"g{i}": name for i, (_, name) in enumerate(exprs) if name}
-    args["ids"] = pc.unique(sums.column("series_id")).to_pylist()
-    groups = arrow(cur, _GROUPS.format(sel="".join(sql for sql, _ in exprs)), args)
-    rows = pc.index_in(sums.column("series_id"), value_set=groups.column("series_id"))
-    columns = {label: groups.column(f"g{i}").take(rows) for i, label in enumerate(labels)}
-    return pa.table({"b": sums.column("b"), **columns, "value": sums.column("value")})
-
-
 def gap_filled(
-    parts: list[pa.Table], labels: list[str], first: int, last: int, step: int
+    sums: pa.Table, lookup: pa.Table, labels: list[str], first: int, last: int, step: int
 ) -> pa.Table:
-    """The sums of `parts` (rows of bucket, labels, value) for every bucket from `first`
-    to `last` and every group seen (0 where a group has nothing in a bucket), ordered by
-    bucket, then group (NULLs first); one group if there are no labels."""
-    rows = pa.concat_tables(parts)
-    if labels:
-        keys = [(c, "ascending", "at_start") for c in labels]
-        rows = rows.take(pc.sort_indices(rows, sort_keys=keys))
-        new_group = ~same_as_previous(rows, labels)
-        group, groups = np.cumsum(new_group) - 1, int(new_group.sum())
-    else:
-        new_group = np.zeros(rows.num_rows, bool)
-        group, groups = np.zeros(rows.num_rows, np.int64), 1
+    """The sums (rows of bucket, series_id, value) per bucket from `first` to `last` and
+    per group of `labels` seen (0 where a group has nothing in a bucket), ordered by bucket,
+    then group (NULLs first); one group if there are no labels. Each series' group comes
+    from `lookup` (series_id, g0, g1, ...): groups are formed over the series, never by
+    sorting the rows."""
     n = last - first + 1
-    cells = (rows.column("b").to_numpy() - first) * groups + group
-    values = rows.column("value").to_numpy()
+    buckets = sums.column("b").to_numpy() - first
+    values = sums.column("value").to_numpy()
+    columns: dict[str, pa.Array] = {}
+    if labels:
+        seen = lookup.filter(pc.is_in(lookup.column("series_id"), value_set=sums.column(
+            "series_id").unique()))  # fmt: skip
+        named = pa.table({label: seen.column(f"g{i}").cast(pa.string())
+                          for i, label in enumerate(labels)})  # fmt: skip
+        order = pc.sort_indices(named, sort_keys=[(c, "ascending", "at_start") for c in labels])
+        named, ids = named.take(order), seen.column("series_id").take(order)
+        new_group = ~same_as_previous(named, labels)
+        group_of = np.cumsum(new_group) - 1
+        groups = int(new_group.sum())
+        at = pc.index_in(sums.column("series_id"), value_set=ids).to_numpy()
+        cells = buckets * groups + group_of[at]
+        heads = np.tile(np.flatnonzero(new_group), n)
+        columns = {c: named.column(c).take(pa.array(heads)) for c in labels}
+    else:
+        groups, cells = 1, buckets
     grid = np.bincount(cells, weights=values, minlength=n * groups)
     times = np.repeat(np.arange(first, last + 1, dtype=np.int64) * step * 1_000_000, groups)
-    heads = np.tile(np.flatnonzero(new_group), n)
-    columns = {c: rows.column(c).take(heads) for c in labels}
     return pa.table({"t": pa.array(times, pa.timestamp("us", tz="UTC")), **columns,
                      "value": grid})  # fmt: skip
 
@@ -201,29 +224,20 @@ def increase_snapshot(
 ) -> tuple[pa.Table, int]:
     """`increase_table`, and the last seq of the snapshot it was computed from: a stream
     resumed from that seq extends the answer with no gap and no duplicate."""
-    cond, filter_args = ids_where(filters)
     first = int(start.timestamp()) // step
     last = -(-int(end.timestamp() * 1e6) // (step * 1_000_000)) - 1
     cur.begin()  # the watermark and the rows it vouches for, from one snapshot
     try:
         valid, head = marks(cur)
+        lookup, cond, filter_args = series_lookup(cur, filters, labels)
         rolled, raw = plan(start, end, step, valid)
         short = [(a, b) for a, b in raw if b - a <= ARROW_RAW]
         long = [(a, b) for a, b in raw if b - a > ARROW_RAW]
-        parts = [_bucketed(raw_deltas(cur, cond, filter_args, a, b), step) for a, b in short]
-        if rolled is not None or long:
-            parts.append(_sql_sums(cur, cond, filter_args, step, rolled, long))
-        sums = pa.concat_tables([_as_sums(part) for part in parts])
-        grouped = with_groups(cur, sums, labels)
+        parts = [_SUMS.empty_table()]
+        if lookup.num_rows:
+            parts += [_bucketed(raw_deltas(cur, cond, filter_args, a, b), step) for a, b in short]
+            if rolled is not None or long:
+                parts.append(_sql_sums(cur, cond, filter_args, step, rolled, long))
     finally:
         cur.commit()
-    return gap_filled([grouped], labels, first, last, step), head
-
-
-_SUMS = pa.schema([("b", pa.int64()), ("series_id", pa.int64()), ("value", pa.float64())])
-
-
-def _as_sums(part: pa.Table) -> pa.Table:
-    """One part in the common (bucket, series_id, value) types (DuckDB's and Arrow's
-    need not match)."""
-    return part.select(_SUMS.names).cast(_SUMS)
+    return gap_filled(pa.concat_tables(parts), lookup, labels, first, last, step), head

@@ -209,3 +209,25 @@ async def test_health_reports_fanout_and_commit_to_sent_times(
     fanout, commit_to_sent = streams["fanout_ms"], streams["commit_to_sent_ms"]
     assert 0 <= fanout["p50"] <= fanout["max"]
     assert commit_to_sent["p50"] >= fanout["p50"] and commit_to_sent["max"] >= fanout["max"]
+
+
+async def test_a_label_filter_and_a_subscribe_with_tags_filter_by_labels(
+    running: Running, http: httpx.AsyncClient
+) -> None:
+    only_500 = running.ws + '?labels={"code":"500"}'
+    async with connect(only_500) as ws, connect(running.ws) as changed:
+        hello = await recv_type(ws, "connected")
+        assert hello["labels"] == {"code": "500"}
+        await recv_type(changed, "connected")
+        await changed.send('{"type": "subscribe", "tags": {"code": "200"}}')
+        assert (await recv_type(changed, "subscribed"))["labels"] == {"code": "200"}
+        for code, value in (("200", 3), ("500", 1), ("200", 5)):
+            await push(http, metrics={"http_requests_total": value}, labels={"code": code})
+        got_500 = await recv_type(ws, "metrics")
+        got_200 = [await recv_type(changed, "metrics") for _ in range(2)]
+        with pytest.raises(TimeoutError):
+            await recv(ws, wait=0.5)
+    assert got_500["data"] == {"compression": {'http_requests_total{code="500"}': 1}}
+    assert [m["data"]["compression"] for m in got_200] == [
+        {'http_requests_total{code="200"}': 3}, {'http_requests_total{code="200"}': 5}]  # fmt: skip
+    assert got_200[1]["deltas"] == {"compression": {'http_requests_total{code="200"}': 2}}
