@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from bench import history, ingest, stream
+from bench import history, ingest, latest, stream
 
 
 def main() -> int:
@@ -15,6 +15,8 @@ def main() -> int:
         stream.run()
     if only in (None, "history"):
         history.run()
+    if only in (None, "latest"):
+        latest.run()
     return 0
 
 

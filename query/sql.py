@@ -63,14 +63,6 @@ def where(
     return " AND ".join(clauses), params
 
 
-def ids_where(filters: SampleFilters) -> tuple[str, dict[str, Any]]:
-    """`series_id IN (...)` for the series the filters select (TRUE when none are given)."""
-    cond, params = series_where(filters)
-    if cond == "TRUE":
-        return "TRUE", params
-    return f"series_id IN (SELECT id FROM series_keys WHERE {cond})", params
-
-
 _JOINED = "points p JOIN series_keys k ON k.id = p.series_id"
 
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from query.history import LOOKBACK_MINUTES, raw_deltas
-from query.sql import ids_where, where
+from query.history import LOOKBACK_MINUTES, raw_deltas, series_lookup
+from query.sql import where
 from schemas.db import Database
 from schemas.deltas import with_deltas
 from schemas.models import SampleFilters
@@ -36,7 +36,7 @@ def _view(cur, filters: SampleFilters, start, end) -> list[tuple]:  # type: igno
 
 
 def _arrow(cur, filters: SampleFilters, start, end) -> list[tuple]:  # type: ignore[no-untyped-def]
-    cond, args = ids_where(filters)
+    _, cond, args = series_lookup(cur, filters, [])
     table = raw_deltas(cur, cond, args, start, end)
     pairs = zip(table.column("seq").to_pylist(), table.column("delta").to_pylist(), strict=True)
     return sorted(pairs)
