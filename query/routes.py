@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from query.formats import encode, json_number, negotiate
 from query.history import HEAD, increase_snapshot
-from query.sql import latest_sql, series_sql, where
+from query.sql import latest_sql, series_sql, series_where, where
 from schemas.db import Database, arrow
 from schemas.http import error_response
 from schemas.models import IncreaseParams, LatestParams, SampleFilters, SeriesParams
@@ -80,7 +80,7 @@ async def series(request: Request, params: Annotated[SeriesParams, Query()]) -> 
 @router.get("/latest")
 async def latest(request: Request, params: Annotated[LatestParams, Query()]) -> Response:
     """The latest sample of every series that matches the filters."""
-    cond, args = where(params)
+    cond, args = series_where(params)
     args["limit"] = params.limit
     table, head = await _snapshot(request, latest_sql(cond), args)
     truncated = table.num_rows > params.limit

@@ -70,11 +70,17 @@ def series_sql(cond: str) -> str:
     return f"SELECT {COLUMNS} FROM {_JOINED} WHERE {cond} ORDER BY seq LIMIT $limit"
 
 
-def latest_sql(cond: str) -> str:
-    """The latest sample of each series; one row more than `$limit` says it was cut."""
+def latest_sql(series_cond: str) -> str:
+    """The latest sample of each series `series_cond` (on `series_keys`) selects; one row
+    more than `$limit` says it was cut. Each series' last seq is an aggregate, not a
+    window over every sample: over 200,000 sessions 2.5x faster, and no sort of them all
+    held in memory (bench/latest.py)."""
+    chosen = "" if series_cond == "TRUE" else (
+        f"WHERE series_id IN (SELECT id FROM series_keys WHERE {series_cond}) ")  # fmt: skip
     return (
-        f"SELECT {COLUMNS} FROM {_JOINED} WHERE {cond} "
-        "QUALIFY row_number() OVER (PARTITION BY p.series_id ORDER BY ts DESC, seq DESC) = 1 "
+        "WITH last AS (SELECT arg_max(seq, (ts, seq)) AS seq FROM points "
+        f"{chosen}GROUP BY series_id) "
+        f"SELECT {COLUMNS} FROM {_JOINED} WHERE p.seq IN (SELECT seq FROM last) "
         "ORDER BY tenant_id, source, name, tool_id NULLS FIRST, session_id NULLS FIRST "
         "LIMIT $limit + 1"
     )
