@@ -69,6 +69,9 @@ node_cpu_seconds_total{{cpu="0",mode="user"}} 234.5
 # HELP node_os_info A metric with a constant '1' value labeled by os-release fields.
 # TYPE node_os_info gauge
 {NODE_OS_INFO}
+# HELP legacy_hits A counter exposed without _total, as older exporters do.
+# TYPE legacy_hits counter
+legacy_hits 40
 # HELP up Whether the exporter's own upstream answered.
 # TYPE up gauge
 up 0
@@ -200,7 +203,8 @@ async def test_the_scrape_stores_node_exporter_text_as_series(
 ) -> None:
     """Untyped counters increase, the long info series is stored and found by its name,
     and our `up` is ours: one sample per tick, 1 while the exporter answers."""
-    later = NODE_EXPORTER.replace("1.234567e+06", "1234600").encode()
+    later = NODE_EXPORTER.replace("1.234567e+06", "1234600").replace("hits 40", "hits 47")
+    later = later.encode()
     url = upstream.script("/metrics", Reply(body=NODE_EXPORTER.encode()), Reply(body=later))
     await run_ticks(db, writer, [Source("node", url, format="prometheus")], 2)
     cur = db.cursor()
@@ -209,6 +213,8 @@ async def test_the_scrape_stores_node_exporter_text_as_series(
     filters = SampleFilters(metric="node_netstat_Tcp_InSegs")
     table = increase_table(cur, filters, [], start, end, 86_400)
     assert sum(table.column("value").to_pylist()) == 33
+    hits = increase_table(cur, SampleFilters(metric="legacy_hits"), [], start, end, 86_400)
+    assert sum(hits.column("value").to_pylist()) == 7  # found by its exposed name
     ups = cur.execute("SELECT value FROM samples WHERE metric = 'up' ORDER BY seq").fetchall()
     assert ups == [(1.0,), (1.0,)]
     (stored,) = cur.execute("SELECT name FROM series WHERE metric = 'node_os_info'").fetchall()[0]
