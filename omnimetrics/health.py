@@ -46,7 +46,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 "error": writer.last_error,
                 "series": len(writer.series),
                 "series_limit_skipped": writer.series_skipped,
-            },  # fmt: skip
+            },
             "streams": {
                 "clients": len(hub),
                 "queued_bytes": hub.queued_bytes(),
