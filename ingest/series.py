@@ -8,6 +8,7 @@ map only once their transaction commits (`confirm`), so a failed write leaves it
 """
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import duckdb
@@ -122,10 +123,13 @@ class SeriesIndex:
             top = max(top, sid)
         self._next = top + 1
 
-    def resolve(self, table: pa.Table, drop_over_limit: bool = False) -> Resolved:
+    def resolve(
+        self, table: pa.Table, drop_over_limit: bool = False, before: Sequence[Resolved] = ()
+    ) -> Resolved:
         """The series id of every row of `table` (KEY_COLUMNS), and the new series.
         Over a tenant's limit: TooManySeries, or with `drop_over_limit` (a scrape) those
-        rows are left out and counted."""
+        rows are left out and counted. `before`: batches resolved earlier in the same
+        transaction, not yet confirmed (their new series are known to this one)."""
         n = table.num_rows
         if n == 0:
             empty = pa.Table.from_pylist([], schema=SERIES_KEYS_SCHEMA)
@@ -136,8 +140,14 @@ class SeriesIndex:
         ids = np.empty(len(keys), np.int64)
         new_rows: list[int] = []  # positions in `keys`
         new_tenants: Counter[str] = Counter()
-        pending: dict[SeriesKey, int] = {}  # new in this batch (a key may be two groups)
+        pending: dict[SeriesKey, int] = {}  # new in this transaction, not yet confirmed
         next_id = self._next
+        for earlier in before:
+            ids_before = earlier.new.column("id").to_pylist()
+            pending.update(zip(earlier.new_keys, ids_before, strict=True))
+            new_tenants.update(earlier.new_tenants)
+            next_id = max([next_id, *(i + 1 for i in ids_before)])
+        counted = Counter(new_tenants)  # what `before` brought, not part of this batch
         for i, key in enumerate(keys):
             sid = self._ids.get(key)
             if sid is None:
@@ -162,8 +172,9 @@ class SeriesIndex:
             skipped = int(n - keep.sum())
             row_ids = row_ids[keep]
         new = self._new_series(heads, new_rows, ids)
+        new_tenants.subtract(counted)
         return Resolved(pa.array(row_ids, pa.int64()), keep, new,
-                        [keys[i] for i in new_rows], new_tenants, skipped)  # fmt: skip
+                        [keys[i] for i in new_rows], +new_tenants, skipped)  # fmt: skip
 
     def _new_series(self, heads: pa.Table, rows: list[int], ids: np.ndarray) -> pa.Table:
         """series_keys rows for the groups `rows` of `heads` (one row per group)."""

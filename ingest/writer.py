@@ -1,14 +1,17 @@
 """The single writer: every write to the database goes through here.
 
 It runs on one dedicated thread with one cursor (DuckDB raises when threads share a
-connection). Each call appends one batch as one Arrow table in one transaction, gives
-its rows `seq` numbers that increase for the life of the database, and after the commit
-announces "appended up to seq N" on the event loop.
+connection). A tick is one batch in one transaction; push requests that arrive while a
+write is in progress share the next transaction (group commit: a transaction costs a few
+milliseconds here, a request's rows far less), each request its own batch. Rows get `seq`
+numbers that increase for the life of the database, and after the commit each batch is
+announced ("appended up to seq N") on the event loop.
 """
 
 import asyncio
 import concurrent.futures
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -20,7 +23,7 @@ import numpy.ma  # noqa: F401  (pyarrow's first NumPy conversion would import it
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (so would the first `unique()`: not in the first push)
 
-from ingest.series import DEFAULT_MAX_SERIES_PER_TENANT, SeriesIndex, TooManySeries
+from ingest.series import DEFAULT_MAX_SERIES_PER_TENANT, Resolved, SeriesIndex, TooManySeries
 from schemas import rollups
 from schemas.db import Database
 from schemas.labels import NO_LABELS
@@ -51,6 +54,7 @@ SEMI JOIN ingest_events e ON e.tenant_id = k.tenant_id AND e.event_id = k.event_
 """
 
 EventKey = tuple[str, str]  # (tenant_id, event_id)
+Events = Sequence[tuple[EventKey | None, Sequence[SampleRow]]]  # one push request
 
 
 class Commit(NamedTuple):
@@ -61,7 +65,15 @@ class Commit(NamedTuple):
     skipped: int = 0  # samples of new series over their tenant's limit (scrapes only)
 
 
-__all__ = ["Commit", "EventKey", "TooManySeries", "Writer"]
+class _Staged(NamedTuple):
+    """A batch inserted in a transaction not yet committed."""
+
+    commit: Commit
+    table: pa.Table  # its rows as given (for the announcement)
+    resolved: Resolved
+
+
+__all__ = ["Commit", "EventKey", "Events", "TooManySeries", "Writer"]
 
 
 class Writer:
@@ -84,6 +96,9 @@ class Writer:
         self._next_seq = 1
         self._next_batch = 1
         self.last_error: str | None = None
+        self.transactions = 0  # committed, since start (group commit: fewer than batches)
+        self._pushes: list[tuple[Events, concurrent.futures.Future[Commit | None]]] = []
+        self._pushes_lock = threading.Lock()
         self.series_skipped = 0  # scraped samples left out: new series over a tenant's limit
 
     @property
@@ -119,32 +134,98 @@ class Writer:
         table = samples if isinstance(samples, pa.Table) else to_arrow(samples)
         return await self._run(lambda: self._write(table, scrapes, [], drop_over_limit=True))
 
-    async def append_events(
-        self, events: Sequence[tuple[EventKey | None, Sequence[SampleRow]]]
-    ) -> Commit | None:
-        """Append pushed events as one batch, skipping any whose key is already stored."""
-        return await self._run(lambda: self._write_events(events))
+    async def append_events(self, events: Events) -> Commit | None:
+        """Append one push request's events as one batch, skipping any whose key is
+        already stored. Requests that arrive while a write is in progress are committed
+        together in the next transaction (group commit), each still its own batch, all or
+        nothing, and answered only once that transaction has committed."""
+        done: concurrent.futures.Future[Commit | None] = concurrent.futures.Future()
+        with self._pushes_lock:
+            self._pushes.append((events, done))
+        self._executor.submit(self._drain_pushes)
+        return await asyncio.wrap_future(done)
 
-    def _write_events(
-        self, events: Sequence[tuple[EventKey | None, Sequence[SampleRow]]]
-    ) -> Commit | None:
+    def _drain_pushes(self) -> None:
+        """Write every push waiting now in one transaction; a request that cannot be
+        written (its series over the limit) fails alone. If the transaction itself fails,
+        each request is retried in a transaction of its own, so one never sinks another."""
+        with self._pushes_lock:
+            group = [(e, f) for e, f in self._pushes if f.set_running_or_notify_cancel()]
+            self._pushes.clear()
+        if not group:
+            return  # an earlier drain took them
         con = self._connection()
+        staged: list[_Staged | None] = []
+        failures: dict[int, BaseException] = {}
+        try:
+            con.begin()
+            seen: set[EventKey] = set()
+            for i, (events, _) in enumerate(group):
+                try:
+                    staged.append(self._stage_events(con, events, seen, staged))
+                except TooManySeries as exc:
+                    staged.append(None)
+                    failures[i] = exc
+            con.commit()
+        except Exception as exc:
+            self._failed(con, exc)
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+                return
+            for events, done in group:  # one at a time: only the bad one fails
+                try:
+                    done.set_result(self._write_events(events))
+                except Exception as alone:
+                    done.set_exception(alone)
+            return
+        self._finish([s for s in staged if s is not None])
+        for i, ((_, done), one) in enumerate(zip(group, staged, strict=True)):
+            if i in failures:
+                done.set_exception(failures[i])
+            else:
+                done.set_result(one.commit if one is not None else None)
+
+    def _write_events(self, events: Events) -> Commit | None:
+        """One request alone, in its own transaction."""
+        con = self._connection()
+        try:
+            con.begin()
+            one = self._stage_events(con, events, set(), [])
+            con.commit()
+        except Exception as exc:
+            self._failed(con, exc)
+            raise
+        self._finish([one] if one is not None else [])
+        return one.commit if one is not None else None
+
+    def _stage_events(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        events: Events,
+        seen: set[EventKey],
+        staged: Sequence["_Staged | None"],
+    ) -> "_Staged | None":
+        """Stage one request's events (inside the caller's transaction); `seen` holds the
+        idempotency keys of the requests staged before it in the same transaction."""
         keys = [key for key, _ in events if key is not None]
-        seen: set[EventKey] = set()
+        stored: set[EventKey] = set()
         if keys:
             params = {"tenants": [k[0] for k in keys], "ids": [k[1] for k in keys]}
-            seen = {(t, e) for t, e in con.execute(_EXISTING_KEYS, params).fetchall()}
+            stored = {(t, e) for t, e in con.execute(_EXISTING_KEYS, params).fetchall()}
         rows: list[SampleRow] = []
         new_keys: list[EventKey] = []
+        mine: set[EventKey] = set()
         for key, event_rows in events:
             if key is not None:
-                if key in seen:
+                if key in stored or key in seen or key in mine:
                     continue
-                seen.add(key)
+                mine.add(key)
                 new_keys.append(key)
             rows.extend(event_rows)
         rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
-        return self._write(to_arrow(rows), [], new_keys)
+        one = self._stage(con, to_arrow(rows), [], new_keys, False, staged)
+        seen.update(mine)  # only once staged: a request that fails claims no key
+        return one
 
     async def put_tenant_settings(self, tenant_id: str, settings_json: str) -> None:
         """Record new settings for a tenant (appended; the newest row is in force)."""
@@ -185,19 +266,44 @@ class Writer:
         keys: Sequence[EventKey],
         drop_over_limit: bool = False,
     ) -> Commit | None:
+        """One batch in one transaction."""
         con = self._connection()
+        try:
+            con.begin()
+            one = self._stage(con, table, scrapes, keys, drop_over_limit, [])
+            con.commit()
+        except Exception as exc:
+            self._failed(con, exc)
+            raise
+        self._finish([one] if one is not None else [])
+        return one.commit if one is not None else None
+
+    def _stage(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: pa.Table,
+        scrapes: Sequence[ScrapeRow],
+        keys: Sequence[EventKey],
+        drop_over_limit: bool,
+        staged: Sequence["_Staged | None"],
+    ) -> "_Staged | None":
+        """Insert one batch inside the caller's open transaction, after the batches
+        `staged` before it in that transaction; None when there was nothing to write."""
         if "labels" not in table.schema.names:  # one dictionary entry, not n strings
             none = pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(table.num_rows, np.int32)), pa.array([NO_LABELS])
             )
             table = table.append_column("labels", none)
-        resolved = self.series.resolve(table, drop_over_limit)
+        before = [s.resolved for s in staged if s is not None]
+        resolved = self.series.resolve(table, drop_over_limit, before)
         if resolved.keep is not None:
             table = table.filter(pa.array(resolved.keep))
         n = table.num_rows
         if n == 0 and not scrapes and not keys:
             return None
-        batch, first = self._next_batch, self._next_seq
+        last = next((s.commit for s in reversed(staged) if s is not None), None)
+        batch = last.batch + 1 if last is not None else self._next_batch
+        first = last.last_seq + 1 if last is not None else self._next_seq
         incoming = pa.table(
             {
                 "seq": pa.array(np.arange(first, first + n, dtype=np.int64)),
@@ -209,7 +315,6 @@ class Writer:
             }
         )
         try:
-            con.begin()
             if resolved.new.num_rows:
                 con.register("incoming_series", resolved.new)
                 con.execute(_INSERT_SERIES)
@@ -225,25 +330,32 @@ class Writer:
                     "ids": [k[1] for k in keys],
                 }
                 con.execute(_INSERT_KEYS, params)
-            con.commit()
-        except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            with contextlib.suppress(duckdb.Error):  # no transaction if BEGIN itself failed
-                con.rollback()
-            raise
         finally:
             for name in ("incoming_points", "incoming_series", "incoming_scrapes"):
                 with contextlib.suppress(duckdb.Error):
                     con.unregister(name)
-        self.last_error = None
-        self.series.confirm(resolved)
-        self.series_skipped += resolved.skipped
-        self._next_seq += n
-        self._next_batch += 1
         commit = Commit(batch, first, first + n - 1, n, resolved.skipped)
-        if n:
-            self._announce(commit, table, time.time())
-        return commit
+        return _Staged(commit, table, resolved)
+
+    def _failed(self, con: duckdb.DuckDBPyConnection, exc: Exception) -> None:
+        """A transaction failed: record why (first: the rollback may fail too)."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(duckdb.Error):  # no transaction if BEGIN itself failed
+            con.rollback()
+
+    def _finish(self, staged: Sequence["_Staged"]) -> None:
+        """The transaction holding `staged` committed: remember its series, move the
+        counters on, and announce each batch."""
+        self.last_error = None
+        committed_at = time.time()
+        self.transactions += 1
+        for one in staged:
+            self.series.confirm(one.resolved)
+            self.series_skipped += one.resolved.skipped
+            self._next_seq = one.commit.last_seq + 1
+            self._next_batch = one.commit.batch + 1
+            if one.commit.rows:
+                self._announce(one.commit, one.table, committed_at)
 
     def _announce(self, commit: Commit, table: pa.Table, committed_at: float) -> None:
         # Posted to the loop from this thread, so the stream hears of every commit even

@@ -44,6 +44,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
             "writer": {
                 "last_seq": writer.last_seq,
                 "error": writer.last_error,
+                "transactions": writer.transactions,
                 "series": len(writer.series),
                 "series_limit_skipped": writer.series_skipped,
             },
