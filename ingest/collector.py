@@ -1,6 +1,7 @@
 """One collection tick: every source of a tenant scraped concurrently, as one batch."""
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -73,6 +74,14 @@ def tick_rows(tenant_id: str, results: Sequence[Scrape]) -> Tick:
     return Tick(tenant_id, samples, scrapes)
 
 
+def _result(task: asyncio.Task[Scrape], source: Source, interval: float, started: float) -> Scrape:
+    if task.done():
+        return task.result()
+    task.cancel()
+    spent = time.perf_counter() - started
+    return Scrape(source, [], spent, f"abandoned: not done within the {interval:g} s interval")
+
+
 class Collector:
     """Scrapes sources through one shared HTTP client; remembers each source's last scrape."""
 
@@ -100,9 +109,15 @@ class Collector:
             if s.tenant_id == tenant_id and feature_enabled(settings, s.feature)
         ]
         cap = interval * TIMEOUT_SHARE_OF_INTERVAL
-        results = await asyncio.gather(
-            *(scrape(self._client, s, min(s.timeout_seconds, cap)) for s in sources)
-        )
+        started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(scrape(self._client, s, min(s.timeout_seconds, cap), started))
+            for s in sources
+        ]
+        if tasks:  # what is not done when the next tick is due is abandoned
+            await asyncio.wait(tasks, timeout=interval)
+        results = [_result(task, source, interval, started) for task, source in
+                   zip(tasks, sources, strict=True)]  # fmt: skip
         for result in results:
             self.last[(tenant_id, result.source.name)] = result
         return tick_rows(tenant_id, results)

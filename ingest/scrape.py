@@ -20,8 +20,10 @@ _ACCEPT = {
 class Scrape(NamedTuple):
     source: Source
     samples: list[Parsed]
-    duration_seconds: float
+    duration_seconds: float  # the target's time: from sending the request to its last byte
     error: str | None
+    parse_seconds: float = 0.0  # turning the body into samples (ours, not the target's)
+    queue_seconds: float = 0.0  # from the tick's start to sending the request
 
     @property
     def up(self) -> bool:
@@ -57,9 +59,15 @@ def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def scrape(client: httpx.AsyncClient, source: Source, time_limit: float) -> Scrape:
-    """Fetch and parse `source`, never taking longer than `time_limit` s and never raising."""
+async def scrape(
+    client: httpx.AsyncClient, source: Source, time_limit: float, tick_started: float | None = None
+) -> Scrape:
+    """Fetch and parse `source`, never taking longer than `time_limit` s and never raising.
+    `tick_started` (perf_counter) is when its tick began: the wait until this request is
+    sent is its queue time."""
     started = time.perf_counter()
+    queued = started - tick_started if tick_started is not None else 0.0
+    fetched: float | None = None
     samples: list[Parsed] = []
     error: str | None = None
     try:
@@ -69,6 +77,7 @@ async def scrape(client: httpx.AsyncClient, source: Source, time_limit: float) -
                 if response.status_code != 200:
                     raise ScrapeError(f"HTTP {response.status_code} {response.reason_phrase}")
                 body = await _read_capped(response, MAX_BODY_BYTES)
+        fetched = time.perf_counter()
         if source.format == "prometheus":
             samples = parse_prometheus(body, source.kinds, source.sample_limit)
         else:
@@ -79,4 +88,7 @@ async def scrape(client: httpx.AsyncClient, source: Source, time_limit: float) -
         error = _describe(exc)
     except (ScrapeError, ParseError) as exc:
         error = str(exc)
-    return Scrape(source, samples, time.perf_counter() - started, error)
+    ended = time.perf_counter()
+    if fetched is None:  # failed before the last byte: all of it was the target's time
+        return Scrape(source, [], ended - started, error, 0.0, queued)
+    return Scrape(source, samples, fetched - started, error, ended - fetched, queued)

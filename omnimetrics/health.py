@@ -7,6 +7,7 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Query, Request
 
 from ingest.collector import Collector
+from ingest.jobs import CollectionJobs
 from ingest.writer import Writer
 from schemas.http import JSONResponse
 from schemas.models import NoParams
@@ -22,6 +23,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
     writer = cast(Writer, request.state.writer)
     collector = cast(Collector, request.state.collector)
     hub = cast(Hub, request.state.hub)
+    jobs = cast(CollectionJobs, request.state.jobs)
     sources: dict[str, dict[str, Any]] = {}
     degraded = writer.last_error is not None
     for source in collector.sources:
@@ -35,12 +37,22 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
             "status": "healthy" if last.up else "down",
             "url": source.url,
             "error": last.error,
-            "duration_seconds": round(last.duration_seconds, 6),
+            "duration_seconds": round(last.duration_seconds, 6),  # the target's time
+            "parse_seconds": round(last.parse_seconds, 6),
+            "queue_seconds": round(last.queue_seconds, 6),
         }
+    skipped = jobs.skipped_recently()
+    reasons = [f"tenant {t!r}: collection ticks skipped in the last minute ({n} since the "
+               "start)" for t, n in skipped.items()]  # fmt: skip
+    degraded = degraded or bool(skipped)
     return JSONResponse(
         {
             "status": "degraded" if degraded else "healthy",
+            "reasons": reasons,
             "sources": sources,
+            "collection": {
+                t: {"ticks_run": c.run, "ticks_skipped": c.skipped} for t, c in jobs.counts.items()
+            },
             "writer": {
                 "last_seq": writer.last_seq,
                 "error": writer.last_error,
