@@ -16,6 +16,7 @@ scrape fails with that reason) and the tick writes what it has.
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ log = logging.getLogger("omnimetrics.ingest")
 SHUTDOWN_GRACE_SECONDS = 5.0
 OVERLAPPING_TICKS = 2  # a tick still writing when the next is due does not hold it back
 SKIPPED_RECENTLY_SECONDS = 60.0  # `/health` is degraded this long after a skipped tick
+RECENT_TICKS = 120  # whose durations `/health` summarizes
 _JOB_PREFIX = "collect:"
 
 
@@ -43,6 +45,7 @@ class TickCounts:
     last_skipped_at: float | None = None  # time.monotonic()
     logged_at: float = field(default=-1e9)  # the last "skipped" log line
     unlogged: int = 0  # skips since that line
+    seconds: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_TICKS))
 
     def skipped_recently(self, now: float) -> bool:
         return self.last_skipped_at is not None and (
@@ -80,9 +83,12 @@ class CollectionJobs:
         interval = self.interval(tenant_id)
         if interval is None:
             return None
-        self.counts.setdefault(tenant_id, TickCounts()).run += 1
+        counts = self.counts.setdefault(tenant_id, TickCounts())
+        counts.run += 1
+        started = time.perf_counter()
         tick = await self._collector.collect(tenant_id, interval)
         commit = await self._writer.append(tick.samples, tick.scrapes)
+        counts.seconds.append(time.perf_counter() - started)
         if commit is not None and commit.skipped:
             log.warning("tenant %s: %d scraped samples of new series over the series "
                         "limit were not stored", tenant_id, commit.skipped)  # fmt: skip

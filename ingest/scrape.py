@@ -6,7 +6,8 @@ from typing import NamedTuple
 import anyio
 import httpx
 
-from ingest.parse import Parsed, ParseError, parse_json, parse_prometheus
+from ingest.parse import ParseError, Samples, parse_json
+from ingest.prometheus import PrometheusParser
 from ingest.sources import Source
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -19,7 +20,7 @@ _ACCEPT = {
 
 class Scrape(NamedTuple):
     source: Source
-    samples: list[Parsed]
+    samples: Samples
     duration_seconds: float  # the target's time: from sending the request to its last byte
     error: str | None
     parse_seconds: float = 0.0  # turning the body into samples (ours, not the target's)
@@ -60,15 +61,19 @@ def _describe(exc: httpx.HTTPError) -> str:
 
 
 async def scrape(
-    client: httpx.AsyncClient, source: Source, time_limit: float, tick_started: float | None = None
+    client: httpx.AsyncClient,
+    source: Source,
+    time_limit: float,
+    tick_started: float | None = None,
+    parser: PrometheusParser | None = None,
 ) -> Scrape:
     """Fetch and parse `source`, never taking longer than `time_limit` s and never raising.
     `tick_started` (perf_counter) is when its tick began: the wait until this request is
-    sent is its queue time."""
+    sent is its queue time. `parser` is the source's own (it remembers its series)."""
     started = time.perf_counter()
     queued = started - tick_started if tick_started is not None else 0.0
     fetched: float | None = None
-    samples: list[Parsed] = []
+    samples = Samples()
     error: str | None = None
     try:
         with anyio.fail_after(time_limit):
@@ -79,9 +84,10 @@ async def scrape(
                 body = await _read_capped(response, MAX_BODY_BYTES)
         fetched = time.perf_counter()
         if source.format == "prometheus":
-            samples = parse_prometheus(body, source.kinds, source.sample_limit)
+            parser = parser if parser is not None else PrometheusParser()
+            samples = parser.parse(body, source.kinds, source.sample_limit)
         else:
-            samples = parse_json(body, source.kind_of, source.sample_limit)
+            samples = Samples.of(parse_json(body, source.kind_of, source.sample_limit))
     except TimeoutError:
         error = f"timed out after {time_limit:g} s"
     except httpx.HTTPError as exc:
@@ -90,5 +96,5 @@ async def scrape(
         error = str(exc)
     ended = time.perf_counter()
     if fetched is None:  # failed before the last byte: all of it was the target's time
-        return Scrape(source, [], ended - started, error, 0.0, queued)
+        return Scrape(source, Samples(), ended - started, error, 0.0, queued)
     return Scrape(source, samples, fetched - started, error, ended - fetched, queued)

@@ -53,13 +53,17 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd, so each step is a bijection of its 
 def _codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Each row's position in the column's dictionary (NULL is a value of its own)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not pa.types.is_dictionary(array.type):
-        array = pc.dictionary_encode(array, null_encoding="encode")
-    elif array.null_count:  # a dictionary's NULLs have no index: give them one
-        array = pc.dictionary_encode(array.dictionary_decode(), null_encoding="encode")
+    if not pa.types.is_dictionary(array.type) or array.dictionary.null_count:
+        array = pc.dictionary_encode(
+            array.dictionary_decode() if pa.types.is_dictionary(array.type) else array,
+            null_encoding="encode",
+        )
+    indices = array.indices
+    if indices.null_count:  # a NULL row has no index: it gets one past the dictionary
+        indices = pc.fill_null(indices, len(array.dictionary))
     # A dictionary may hold a value twice (two codes, one value): `resolve` maps such
     # groups to one series by their values.
-    return np.asarray(array.indices.to_numpy(zero_copy_only=False), dtype=np.uint64)
+    return np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.uint64)
 
 
 def group_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +185,7 @@ class SeriesIndex:
         if not rows:
             return pa.Table.from_pylist([], schema=SERIES_KEYS_SCHEMA)
         picked = heads.take(pa.array(rows))
+        picked = pa.table({c: picked.column(c).cast(pa.string()) for c in KEY_COLUMNS})
         labels = [from_json(text) for text in picked.column("labels").to_pylist()]
         metrics = picked.column("metric").to_pylist()
         return pa.Table.from_arrays(

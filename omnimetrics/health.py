@@ -51,7 +51,12 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
             "reasons": reasons,
             "sources": sources,
             "collection": {
-                t: {"ticks_run": c.run, "ticks_skipped": c.skipped} for t, c in jobs.counts.items()
+                t: {
+                    "ticks_run": c.run,
+                    "ticks_skipped": c.skipped,
+                    "tick_seconds": _quantiles(c.seconds),
+                }  # fmt: skip
+                for t, c in jobs.counts.items()
             },
             "writer": {
                 "last_seq": writer.last_seq,
@@ -69,6 +74,16 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
             "time": rfc3339(utcnow()),
         }
     )
+
+
+def _quantiles(values: Collection[float]) -> dict[str, float] | None:
+    """p50, p99 and max of the recent ticks, or None before the first."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return {"p50": round(statistics.median(ordered), 4), "p99": round(p99, 4),
+            "max": round(ordered[-1], 4)}  # fmt: skip
 
 
 def _p50_max(values: Collection[float]) -> dict[str, float] | None:

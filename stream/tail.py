@@ -43,6 +43,13 @@ class Tail:
             self._committed_at = None
             if upto <= after:
                 continue
+            if not len(self._hub):
+                # Nobody watches: nothing to read. A client that joins from here on starts
+                # after `upto` (and catches up from the database if it resumes). What the
+                # cache knows of each series' last sample is now old: forget it.
+                self._hub.position = upto
+                self._cache = SeriesCache()
+                continue
             try:
                 batches = await self._db.read(
                     partial(read_live, cache=self._cache, after=after, upto=upto)

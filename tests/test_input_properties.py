@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ingest.parse import ParseError, parse_json, parse_prometheus
+from ingest.parse import ParseError, parse_json
+from ingest.prometheus import parse_prometheus
 from ingest.push import InvalidBody, parse_events
 from ingest.sources import default_kind
 from omnimetrics.app import create_app

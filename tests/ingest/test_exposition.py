@@ -20,7 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from ingest.parse import Parsed, ParseError, parse_prometheus
+from ingest.parse import Parsed, ParseError
+from ingest.prometheus import PrometheusParser, parse_prometheus
 from ingest.sources import Source
 from ingest.writer import Writer
 from omnimetrics.app import create_app
@@ -32,8 +33,19 @@ from schemas.models import SampleFilters
 from tests.helpers import Reply, Upstream, serve, wait_for
 from tests.ingest.test_collection import run_ticks, writer  # noqa: F401  (a fixture)
 
-# Every implementation of the text format the collector may use (W2 2/5 adds more).
-PARSERS: list[Callable[..., list[Parsed]]] = [parse_prometheus]
+
+def remembering(body: bytes, *args: Any) -> list[Parsed]:
+    """The collector's way: one parser per source, whose second scrape of the same text
+    goes through what it remembers of each series (it must give the same samples)."""
+    parser = PrometheusParser()
+    first = parser.parse(body, *args).rows()
+    again = parser.parse(body, *args).rows()
+    assert again == first
+    return again
+
+
+# Every implementation of the text format the collector may use.
+PARSERS: list[Callable[..., list[Parsed]]] = [parse_prometheus, remembering]
 
 
 @pytest.fixture(params=PARSERS, ids=lambda p: p.__name__)
