@@ -7,10 +7,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
+import aiohttp
 import duckdb
 import httpx
 import numpy as np
@@ -128,9 +130,10 @@ async def bench_tick(tmp: Path, port: int) -> None:
     async with http_client(SOURCES) as client:
         for _ in range(100):
             try:
-                await client.get(f"http://127.0.0.1:{port}/stats/0")
+                async with client.get(f"http://127.0.0.1:{port}/stats/0") as response:
+                    await response.read()
                 break
-            except httpx.HTTPError:
+            except aiohttp.ClientError:
                 await asyncio.sleep(0.1)
         sources = [
             Source(f"s{i}", f"http://127.0.0.1:{port}/stats/{i}", timeout_seconds=2.0)
@@ -153,14 +156,14 @@ async def bench_tick(tmp: Path, port: int) -> None:
         rows = writer.last_seq
         await writer.close()
         db.close()
-        # Baselines: the same GETs through the same client with nothing parsed or written,
-        # and through httpx's own connection pool (what the transport replaces).
-        raw = await _fetch_times(client, sources)
+        # Baselines: the same GETs through the same session with nothing parsed or
+        # written, and through httpx's own connection pool.
+        raw = await _fetch_times(partial(_aiohttp_get, client), sources)
     size = 2 * SOURCES
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     async with httpx.AsyncClient(limits=limits) as native:
         await asyncio.gather(*(native.get(s.url) for s in sources))
-        native_raw = await _fetch_times(native, sources)
+        native_raw = await _fetch_times(native.get, sources)
     durations.sort()
     p50 = statistics.median(durations)
     p99 = durations[min(len(durations) - 1, int(0.99 * len(durations)))]
@@ -172,14 +175,21 @@ async def bench_tick(tmp: Path, port: int) -> None:
     print(f"  the same {SOURCES} GETs alone, same client: p50 {raw_p50 * 1000:.0f} ms; "
           f"through httpx's own pool: p50 {native_p50 * 1000:.0f} ms")  # fmt: skip
     print(f"  tick p50 / bare fetch p50: {p50 / raw_p50:.2f}; "
-          f"httpx pool / our transport: {native_p50 / raw_p50:.1f}x")  # fmt: skip
+          f"httpx pool / our session: {native_p50 / raw_p50:.1f}x")  # fmt: skip
 
 
-async def _fetch_times(client: httpx.AsyncClient, sources: list[Source]) -> list[float]:
+async def _aiohttp_get(session: aiohttp.ClientSession, url: str) -> bytes:
+    async with session.get(url) as response:
+        return await response.read()
+
+
+async def _fetch_times(
+    get: Callable[[str], Awaitable[object]], sources: list[Source]
+) -> list[float]:
     times = []
     for _ in range(10):
         started = time.perf_counter()
-        await asyncio.gather(*(client.get(s.url) for s in sources))
+        await asyncio.gather(*(get(s.url) for s in sources))
         times.append(time.perf_counter() - started)
         await asyncio.sleep(0.2)
     return times

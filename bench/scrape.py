@@ -75,10 +75,19 @@ def run() -> None:
     cpu = cpu1 - cpu0
     ups = sum(1 for s in after["sources"].values() if s["status"] == "healthy")
     tick = local1["tick_seconds"]
+    last = list(after["sources"].values())
+    waits = sorted(s.get("queue_seconds", 0.0) for s in last)
+    fetches = sorted(s.get("duration_seconds", 0.0) for s in last)
+    parses = sorted(s.get("parse_seconds", 0.0) for s in last)
     print(f"scrape: {TARGETS} Prometheus targets x {SERIES} series, 1 s ticks, {t1 - t0:.0f} s")
     print(f"  ticks run {ticks}, skipped {skipped} (target 0); tick p50 {tick['p50']:.3f} s, "
           f"p99 {tick['p99']:.3f} s (target <= 0.5), max {tick['max']:.3f} s")  # fmt: skip
     print(f"  samples stored {rows:,} ({exposed / max(t1 - t0, 1e-9):,.0f} scraped/s); "
           f"targets up at the end {ups}/{TARGETS}")  # fmt: skip
+    print(f"  the last tick per source: fetch (the target's time) p50 "
+          f"{fetches[len(fetches) // 2] * 1000:.0f} ms, max {fetches[-1] * 1000:.0f} ms; "
+          f"queued before sending p50 {waits[len(waits) // 2] * 1000:.0f} ms, max "
+          f"{waits[-1] * 1000:.0f} ms; parse p50 "
+          f"{parses[len(parses) // 2] * 1e6:.0f} us")  # fmt: skip
     print(f"  server CPU {cpu:.1f} s: {cpu / max(exposed, 1) * 1e6:.1f} us per scraped sample "
           "(target <= 30; Prometheus 2.42 measured 9-17 here in the issue)")  # fmt: skip

@@ -69,6 +69,8 @@ def series_keys(heads: pa.Table) -> list[SeriesKey]:
 def _key(values: tuple[object, ...]) -> SeriesKey:
     """`series_keys` for one row of Python values."""
     return _SEP.join("!" if v is None else f"={v}" for v in values)
+
+
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd, so each step is a bijection of its input
 
 
