@@ -32,7 +32,7 @@ log = logging.getLogger("omnimetrics.ingest")
 SHUTDOWN_GRACE_SECONDS = 5.0
 OVERLAPPING_TICKS = 2  # a tick still writing when the next is due does not hold it back
 SKIPPED_RECENTLY_SECONDS = 60.0  # `/health` is degraded this long after a skipped tick
-RECENT_TICKS = 120  # whose durations `/health` summarizes
+RECENT_TICKS = 60  # whose durations `/health` summarizes
 _JOB_PREFIX = "collect:"
 
 
@@ -46,6 +46,7 @@ class TickCounts:
     logged_at: float = field(default=-1e9)  # the last "skipped" log line
     unlogged: int = 0  # skips since that line
     seconds: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_TICKS))
+    collect_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_TICKS))
 
     def skipped_recently(self, now: float) -> bool:
         return self.last_skipped_at is not None and (
@@ -87,6 +88,7 @@ class CollectionJobs:
         counts.run += 1
         started = time.perf_counter()
         tick = await self._collector.collect(tenant_id, interval)
+        counts.collect_seconds.append(time.perf_counter() - started)
         commit = await self._writer.append(tick.samples, tick.scrapes)
         counts.seconds.append(time.perf_counter() - started)
         if commit is not None and commit.skipped:

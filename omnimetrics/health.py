@@ -54,8 +54,9 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 t: {
                     "ticks_run": c.run,
                     "ticks_skipped": c.skipped,
-                    "tick_seconds": _quantiles(c.seconds),
-                }  # fmt: skip
+                    "tick_seconds": _quantiles(c.seconds),  # scrapes, parse and the write
+                    "collect_seconds": _quantiles(c.collect_seconds),  # scrapes and parse
+                }
                 for t, c in jobs.counts.items()
             },
             "writer": {
@@ -77,7 +78,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
 
 
 def _quantiles(values: Collection[float]) -> dict[str, float] | None:
-    """p50, p99 and max of the recent ticks, or None before the first."""
+    """p50, p99 and max of the last 60 ticks, or None before the first."""
     if not values:
         return None
     ordered = sorted(values)
