@@ -231,3 +231,17 @@ async def test_a_label_filter_and_a_subscribe_with_tags_filter_by_labels(
     assert [m["data"]["compression"] for m in got_200] == [
         {'http_requests_total{code="200"}': 3}, {'http_requests_total{code="200"}': 5}]  # fmt: skip
     assert got_200[1]["deltas"] == {"compression": {'http_requests_total{code="200"}': 2}}
+
+
+async def test_deltas_are_right_after_a_time_with_no_client_watching(
+    running: Running, http: httpx.AsyncClient
+) -> None:
+    # Nobody is connected: the tail reads nothing and forgets what it knew.
+    for total in (100, 130):
+        await push(http, metrics={"total": total})
+    async with connect(running.ws) as ws:
+        await recv_type(ws, "connected")
+        await push(http, metrics={"total": 175})
+        live = await recv_type(ws, "metrics")
+    # The delta is against the last sample stored while nobody watched, not a stale one.
+    assert live["deltas"] == {"compression": {"total": 45}}
