@@ -23,6 +23,7 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	./scripts/system-packages.sh bench
 	$(BIN)/python -m bench
 
 lint: $(STAMP)

@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from bench import history, ingest, latest, scrape, stream
+from bench import history, ingest, latest, push, scrape, stream
 
 
 def main() -> int:
@@ -11,6 +11,8 @@ def main() -> int:
     print(f"# omnimetrics benchmarks ({sys.version.split()[0]})")
     if only in (None, "ingest"):
         asyncio.run(ingest.run())
+    if only in (None, "push"):
+        push.run()
     if only in (None, "scrape"):
         scrape.run()
     if only in (None, "stream"):

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # What the browser and JavaScript tests need from the system: Chromium (Playwright drives
-# it; no browser download) and Node.js (its built-in test runner). Installs what is
+# it; no browser download) and Node.js (its built-in test runner); with `bench`, what the
+# benchmarks need: wrk (the load generator of the push benchmark). Installs what is
 # missing with apt-get, as root or through sudo; anything else is one clear error.
 set -euo pipefail
 
 chromium="${OMNIMETRICS_CHROMIUM:-/usr/bin/chromium}"
 missing=()
-[ -x "$chromium" ] || missing+=(chromium)
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
+if [ "${1:-}" = "bench" ]; then
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+else
+    [ -x "$chromium" ] || missing+=(chromium)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
