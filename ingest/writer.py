@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple, TypeVar
@@ -44,8 +45,7 @@ SELECT batch, ts, tenant_id, tool_id, source, up, duration_seconds, error FROM i
 """
 _INSERT_KEYS = """
 INSERT INTO ingest_events
-SELECT tenant_id, event_id, $batch
-FROM (SELECT unnest($tenants) AS tenant_id, unnest($ids) AS event_id)
+SELECT unnest($tenants) AS tenant_id, unnest($ids) AS event_id, unnest($batches) AS batch
 """
 _EXISTING_KEYS = """
 SELECT k.tenant_id, k.event_id
@@ -66,11 +66,24 @@ class Commit(NamedTuple):
 
 
 class _Staged(NamedTuple):
-    """A batch inserted in a transaction not yet committed."""
+    """A batch ready to insert, or inserted in a transaction not yet committed."""
 
     commit: Commit
     table: pa.Table  # its rows as given (for the announcement)
     resolved: Resolved
+    points: pa.Table  # what goes into `points`
+    scrapes: pa.Table | None
+    keys: list[EventKey]  # idempotency keys it stores
+
+
+def _with_labels(table: pa.Table) -> pa.Table:
+    """Rows without a `labels` column have the empty label set (one dictionary entry)."""
+    if "labels" in table.schema.names:
+        return table
+    none = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(table.num_rows, np.int32)), pa.array([NO_LABELS])
+    )
+    return table.append_column("labels", none)
 
 
 __all__ = ["Commit", "EventKey", "Events", "TooManySeries", "Writer"]
@@ -146,26 +159,21 @@ class Writer:
         return await asyncio.wrap_future(done)
 
     def _drain_pushes(self) -> None:
-        """Write every push waiting now in one transaction; a request that cannot be
-        written (its series over the limit) fails alone. If the transaction itself fails,
-        each request is retried in a transaction of its own, so one never sinks another."""
+        """Write every push waiting now in one transaction, with one insert per table for
+        them all; a request that cannot be written (its series over the limit) fails
+        alone. If the transaction itself fails, each request is retried in a transaction
+        of its own, so one never sinks another."""
         with self._pushes_lock:
             group = [(e, f) for e, f in self._pushes if f.set_running_or_notify_cancel()]
             self._pushes.clear()
         if not group:
             return  # an earlier drain took them
         con = self._connection()
-        staged: list[_Staged | None] = []
-        failures: dict[int, BaseException] = {}
+        results: list[_Staged | TooManySeries | None] = []
         try:
             con.begin()
-            seen: set[EventKey] = set()
-            for i, (events, _) in enumerate(group):
-                try:
-                    staged.append(self._stage_events(con, events, seen, staged))
-                except TooManySeries as exc:
-                    staged.append(None)
-                    failures[i] = exc
+            results = self._stage_group(con, [events for events, _ in group])
+            self._insert(con, [r for r in results if isinstance(r, _Staged)])
             con.commit()
         except Exception as exc:
             self._failed(con, exc)
@@ -178,54 +186,104 @@ class Writer:
                 except Exception as alone:
                     done.set_exception(alone)
             return
-        self._finish([s for s in staged if s is not None])
-        for i, ((_, done), one) in enumerate(zip(group, staged, strict=True)):
-            if i in failures:
-                done.set_exception(failures[i])
+        self._finish([r for r in results if isinstance(r, _Staged)])
+        for (_, done), result in zip(group, results, strict=True):
+            if isinstance(result, TooManySeries):
+                done.set_exception(result)
             else:
-                done.set_result(one.commit if one is not None else None)
+                done.set_result(result.commit if result is not None else None)
 
     def _write_events(self, events: Events) -> Commit | None:
         """One request alone, in its own transaction."""
         con = self._connection()
         try:
             con.begin()
-            one = self._stage_events(con, events, set(), [])
+            (result,) = self._stage_group(con, [events])
+            if isinstance(result, TooManySeries):
+                raise result
+            self._insert(con, [result] if result is not None else [])
             con.commit()
         except Exception as exc:
-            self._failed(con, exc)
+            if not isinstance(exc, TooManySeries):
+                self._failed(con, exc)
+            else:
+                with contextlib.suppress(duckdb.Error):
+                    con.rollback()
             raise
-        self._finish([one] if one is not None else [])
-        return one.commit if one is not None else None
+        self._finish([result] if result is not None else [])
+        return result.commit if result is not None else None
 
-    def _stage_events(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        events: Events,
-        seen: set[EventKey],
-        staged: Sequence["_Staged | None"],
-    ) -> "_Staged | None":
-        """Stage one request's events (inside the caller's transaction); `seen` holds the
-        idempotency keys of the requests staged before it in the same transaction."""
-        keys = [key for key, _ in events if key is not None]
+    def _stage_group(
+        self, con: duckdb.DuckDBPyConnection, requests: Sequence[Events]
+    ) -> list["_Staged | TooManySeries | None"]:
+        """Each request's batch, in order (None: nothing new to write; TooManySeries: it
+        would pass its tenant's limit). Event ids already stored, or claimed by a request
+        before it, are left out. Known series resolve for all requests at once; a group
+        that brings new series resolves request by request, so the limit fails only the
+        request that would pass it."""
+        everything = [key for events in requests for key, _ in events if key is not None]
         stored: set[EventKey] = set()
-        if keys:
-            params = {"tenants": [k[0] for k in keys], "ids": [k[1] for k in keys]}
+        if everything:
+            params = {"tenants": [k[0] for k in everything], "ids": [k[1] for k in everything]}
             stored = {(t, e) for t, e in con.execute(_EXISTING_KEYS, params).fetchall()}
-        rows: list[SampleRow] = []
-        new_keys: list[EventKey] = []
-        mine: set[EventKey] = set()
-        for key, event_rows in events:
-            if key is not None:
-                if key in stored or key in seen or key in mine:
-                    continue
-                mine.add(key)
-                new_keys.append(key)
-            rows.extend(event_rows)
-        rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
-        one = self._stage(con, to_arrow(rows), [], new_keys, False, staged)
-        seen.update(mine)  # only once staged: a request that fails claims no key
-        return one
+        tables, keys_of = self._tables(requests, set(stored))
+        together = self.series.resolve(pa.concat_tables(tables), drop_over_limit=True)
+        if not together.new.num_rows and together.keep is None:
+            # Every series is known (the usual case): one resolution, split by request.
+            resolved, offset = [], 0
+            for table in tables:
+                ids = together.ids.slice(offset, table.num_rows)
+                offset += table.num_rows
+                resolved.append(Resolved(ids, None, together.new, [], Counter(), 0))
+            return self._prepare_all(tables, keys_of, resolved)
+        # New series: request by request, so the limit fails only the one that passes
+        # it, and a failed request claims none of its event ids.
+        out: list[_Staged | TooManySeries | None] = []
+        claimed = set(stored)
+        for events in requests:
+            (table,), (keys,) = self._tables([events], claimed)
+            before = [s.resolved for s in out if isinstance(s, _Staged)]
+            try:
+                one = self.series.resolve(table, False, before)
+            except TooManySeries as exc:
+                claimed.difference_update(keys)
+                out.append(exc)
+                continue
+            out.append(self._prepare(table, [], keys, one, out))
+        return out
+
+    @staticmethod
+    def _tables(
+        requests: Sequence[Events], claimed: set[EventKey]
+    ) -> tuple[list[pa.Table], list[list[EventKey]]]:
+        """Each request's rows in time order, without events whose ids are `claimed`
+        (stored, or taken by a request before it), which this adds to."""
+        tables, keys_of = [], []
+        for events in requests:
+            rows: list[SampleRow] = []
+            mine: list[EventKey] = []
+            for key, event_rows in events:
+                if key is not None:
+                    if key in claimed:
+                        continue
+                    claimed.add(key)
+                    mine.append(key)
+                rows.extend(event_rows)
+            rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
+            tables.append(to_arrow(rows))
+            keys_of.append(mine)
+        return tables, keys_of
+
+    def _prepare_all(
+        self,
+        tables: list[pa.Table],
+        keys_of: list[list[EventKey]],
+        resolved: list[Resolved],
+    ) -> list["_Staged | TooManySeries | None"]:
+        out: list[_Staged | TooManySeries | None] = []
+        for table, keys, one in zip(tables, keys_of, resolved, strict=True):
+            out.append(self._prepare(table, [], keys, one, out))
+        return out
 
     async def put_tenant_settings(self, tenant_id: str, settings_json: str) -> None:
         """Record new settings for a tenant (appended; the newest row is in force)."""
@@ -268,9 +326,12 @@ class Writer:
     ) -> Commit | None:
         """One batch in one transaction."""
         con = self._connection()
+        table = _with_labels(table)
+        resolved = self.series.resolve(table, drop_over_limit)
+        one = self._prepare(table, scrapes, keys, resolved, [])
         try:
             con.begin()
-            one = self._stage(con, table, scrapes, keys, drop_over_limit, [])
+            self._insert(con, [one] if one is not None else [])
             con.commit()
         except Exception as exc:
             self._failed(con, exc)
@@ -278,64 +339,66 @@ class Writer:
         self._finish([one] if one is not None else [])
         return one.commit if one is not None else None
 
-    def _stage(
+    def _prepare(
         self,
-        con: duckdb.DuckDBPyConnection,
         table: pa.Table,
         scrapes: Sequence[ScrapeRow],
         keys: Sequence[EventKey],
-        drop_over_limit: bool,
-        staged: Sequence["_Staged | None"],
+        resolved: Resolved,
+        staged: Sequence["_Staged | TooManySeries | None"],
     ) -> "_Staged | None":
-        """Insert one batch inside the caller's open transaction, after the batches
-        `staged` before it in that transaction; None when there was nothing to write."""
-        if "labels" not in table.schema.names:  # one dictionary entry, not n strings
-            none = pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(table.num_rows, np.int32)), pa.array([NO_LABELS])
-            )
-            table = table.append_column("labels", none)
-        before = [s.resolved for s in staged if s is not None]
-        resolved = self.series.resolve(table, drop_over_limit, before)
+        """One batch's rows, numbered after the batches `staged` before it in the same
+        transaction; None when there is nothing to write."""
         if resolved.keep is not None:
             table = table.filter(pa.array(resolved.keep))
         n = table.num_rows
         if n == 0 and not scrapes and not keys:
             return None
-        last = next((s.commit for s in reversed(staged) if s is not None), None)
+        last = next((s.commit for s in reversed(staged) if isinstance(s, _Staged)), None)
         batch = last.batch + 1 if last is not None else self._next_batch
         first = last.last_seq + 1 if last is not None else self._next_seq
-        incoming = pa.table(
+        points = pa.table(
             {
                 "seq": pa.array(np.arange(first, first + n, dtype=np.int64)),
                 "batch": pa.array(np.full(n, batch, dtype=np.int64)),
                 "ts": table.column("ts"),
                 "series_id": resolved.ids,
-                "kind": table.column("kind"),
+                "kind": table.column("kind").cast(pa.string()),
                 "value": table.column("value"),
             }
         )
+        commit = Commit(batch, first, first + n - 1, n, resolved.skipped)
+        scraped = _scrapes_table(batch, scrapes) if scrapes else None
+        return _Staged(commit, table, resolved, points, scraped, list(keys))
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, staged: Sequence["_Staged"]) -> None:
+        """Insert the batches `staged`, one statement per table for all of them, inside
+        the caller's open transaction."""
+        points = [s.points for s in staged if s.points.num_rows]
+        series = [s.resolved.new for s in staged if s.resolved.new.num_rows]
+        scrapes = [s.scrapes for s in staged if s.scrapes is not None]
+        keyed = [(key, s.commit.batch) for s in staged for key in s.keys]
         try:
-            if resolved.new.num_rows:
-                con.register("incoming_series", resolved.new)
+            if series:
+                con.register("incoming_series", pa.concat_tables(series))
                 con.execute(_INSERT_SERIES)
-            con.register("incoming_points", incoming)
-            con.execute(_INSERT_POINTS)
+            if points:
+                con.register("incoming_points", pa.concat_tables(points))
+                con.execute(_INSERT_POINTS)
             if scrapes:
-                con.register("incoming_scrapes", _scrapes_table(batch, scrapes))
+                con.register("incoming_scrapes", pa.concat_tables(scrapes))
                 con.execute(_INSERT_SCRAPES)
-            if keys:
+            if keyed:
                 params = {
-                    "batch": batch,
-                    "tenants": [k[0] for k in keys],
-                    "ids": [k[1] for k in keys],
+                    "tenants": [k[0] for k, _ in keyed],
+                    "ids": [k[1] for k, _ in keyed],
+                    "batches": [b for _, b in keyed],
                 }
                 con.execute(_INSERT_KEYS, params)
         finally:
             for name in ("incoming_points", "incoming_series", "incoming_scrapes"):
                 with contextlib.suppress(duckdb.Error):
                     con.unregister(name)
-        commit = Commit(batch, first, first + n - 1, n, resolved.skipped)
-        return _Staged(commit, table, resolved)
 
     def _failed(self, con: duckdb.DuckDBPyConnection, exc: Exception) -> None:
         """A transaction failed: record why (first: the rollback may fail too)."""
