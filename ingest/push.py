@@ -5,6 +5,8 @@ from datetime import datetime
 
 import orjson
 
+from ingest.events import Event
+from ingest.fast_events import fast_events
 from ingest.writer import EventKey
 from schemas.labels import NO_LABELS, to_json
 from schemas.models import IngestBatch, IngestEvent
@@ -34,20 +36,21 @@ async def read_capped(chunks: AsyncIterator[bytes], declared: str | None, limit:
     return b"".join(parts)
 
 
-def parse_events(body: bytes) -> list[IngestEvent]:
+def parse_events(body: bytes) -> list[Event]:
     """One event or `{"events": [...]}`; raises `InvalidBody` or `ValidationError`."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidBody(f"body is not valid JSON: {exc}") from None
+    fast = fast_events(doc)
+    if fast is not None:
+        return fast
     if isinstance(doc, dict) and "events" in doc:
-        return IngestBatch.model_validate(doc).events
-    return [IngestEvent.model_validate(doc)]
+        return [Event.of(e) for e in IngestBatch.model_validate(doc).events]
+    return [Event.of(IngestEvent.model_validate(doc))]
 
 
-def event_rows(
-    events: list[IngestEvent], now: datetime
-) -> list[tuple[EventKey | None, list[SampleRow]]]:
+def event_rows(events: list[Event], now: datetime) -> list[tuple[EventKey | None, list[SampleRow]]]:
     out: list[tuple[EventKey | None, list[SampleRow]]] = []
     for event in events:
         ts = event.ts or now

@@ -5,11 +5,13 @@ the composition root fills.
 """
 
 from collections import Counter
+from dataclasses import replace
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
+from ingest.events import Event
 from ingest.limits import EventBudget, OverLimit
 from ingest.push import BodyTooLarge, InvalidBody, event_rows, parse_events, read_capped
 from ingest.writer import TooManySeries, Writer
@@ -85,12 +87,12 @@ async def ingest(request: Request, params: Annotated[NoParams, Query()]) -> Any:
     return IngestAccepted(accepted=len(events), seq=writer.last_seq)
 
 
-def own_tenant(events: list[IngestEvent], tenant_id: str) -> list[IngestEvent]:
+def own_tenant(events: list[Event], tenant_id: str) -> list[Event]:
     """Events as the credential's tenant sends them: its tenant where none is named, and
     AuthError (403) for one that names another."""
     out = []
     for event in events:
-        if "tenant_id" in event.model_fields_set and event.tenant_id != tenant_id:
+        if "tenant_id" in event.given and event.tenant_id != tenant_id:
             raise AuthError(403, f"tenant_id: this credential is for {tenant_id!r} only")
-        out.append(event.model_copy(update={"tenant_id": tenant_id}))
+        out.append(replace(event, tenant_id=tenant_id))
     return out
