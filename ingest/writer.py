@@ -1,7 +1,7 @@
 """The single writer: every write to the database goes through here.
 
 It runs on one dedicated thread with one cursor (DuckDB raises when threads share a
-connection). A tick is one batch in one transaction; push requests that arrive while a
+connection); what a transaction inserts is staged in `ingest.staging`. A tick is one batch in one transaction; push requests that arrive while a
 write is in progress share the next transaction (group commit: a transaction costs a few
 milliseconds here, a request's rows far less), each request its own batch. Rows get `seq`
 numbers that increase for the life of the database, and after the commit each batch is
@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import duckdb
 import numpy as np
@@ -25,66 +25,24 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (so would the first `unique()`: not in the first push)
 
 from ingest.series import DEFAULT_MAX_SERIES_PER_TENANT, Resolved, SeriesIndex, TooManySeries
+from ingest.staging import (
+    EXISTING_KEYS,
+    Commit,
+    EventKey,
+    Events,
+    Staged,
+    insert,
+    scrapes_table,
+    tables_of,
+    with_labels,
+)
 from schemas import rollups
 from schemas.db import Database
-from schemas.labels import NO_LABELS
 from schemas.rows import SampleRow, ScrapeRow, to_arrow
 from schemas.signals import Appended, AppendSignal
 from schemas.times import utcnow
 
 T = TypeVar("T")
-
-# Column lists are constants: the only identifiers the writer ever puts into SQL.
-_INSERT_POINTS = """
-INSERT INTO points SELECT seq, batch, ts, series_id, kind, value FROM incoming_points
-"""
-_INSERT_SERIES = "INSERT INTO series_keys SELECT * FROM incoming_series"
-_INSERT_SCRAPES = """
-INSERT INTO scrapes
-SELECT batch, ts, tenant_id, tool_id, source, up, duration_seconds, error FROM incoming_scrapes
-"""
-_INSERT_KEYS = """
-INSERT INTO ingest_events
-SELECT unnest($tenants) AS tenant_id, unnest($ids) AS event_id, unnest($batches) AS batch
-"""
-_EXISTING_KEYS = """
-SELECT k.tenant_id, k.event_id
-FROM (SELECT unnest($tenants) AS tenant_id, unnest($ids) AS event_id) k
-SEMI JOIN ingest_events e ON e.tenant_id = k.tenant_id AND e.event_id = k.event_id
-"""
-
-EventKey = tuple[str, str]  # (tenant_id, event_id)
-Events = Sequence[tuple[EventKey | None, Sequence[SampleRow]]]  # one push request
-
-
-class Commit(NamedTuple):
-    batch: int
-    first_seq: int
-    last_seq: int
-    rows: int
-    skipped: int = 0  # samples of new series over their tenant's limit (scrapes only)
-
-
-class _Staged(NamedTuple):
-    """A batch ready to insert, or inserted in a transaction not yet committed."""
-
-    commit: Commit
-    table: pa.Table  # its rows as given (for the announcement)
-    resolved: Resolved
-    points: pa.Table  # what goes into `points`
-    scrapes: pa.Table | None
-    keys: list[EventKey]  # idempotency keys it stores
-
-
-def _with_labels(table: pa.Table) -> pa.Table:
-    """Rows without a `labels` column have the empty label set (one dictionary entry)."""
-    if "labels" in table.schema.names:
-        return table
-    none = pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(table.num_rows, np.int32)), pa.array([NO_LABELS])
-    )
-    return table.append_column("labels", none)
-
 
 __all__ = ["Commit", "EventKey", "Events", "TooManySeries", "Writer"]
 
@@ -169,11 +127,11 @@ class Writer:
         if not group:
             return  # an earlier drain took them
         con = self._connection()
-        results: list[_Staged | TooManySeries | None] = []
+        results: list[Staged | TooManySeries | None] = []
         try:
             con.begin()
             results = self._stage_group(con, [events for events, _ in group])
-            self._insert(con, [r for r in results if isinstance(r, _Staged)])
+            insert(con, [r for r in results if isinstance(r, Staged)])
             con.commit()
         except Exception as exc:
             self._failed(con, exc)
@@ -186,7 +144,7 @@ class Writer:
                 except Exception as alone:
                     done.set_exception(alone)
             return
-        self._finish([r for r in results if isinstance(r, _Staged)])
+        self._finish([r for r in results if isinstance(r, Staged)])
         for (_, done), result in zip(group, results, strict=True):
             if isinstance(result, TooManySeries):
                 done.set_exception(result)
@@ -201,7 +159,7 @@ class Writer:
             (result,) = self._stage_group(con, [events])
             if isinstance(result, TooManySeries):
                 raise result
-            self._insert(con, [result] if result is not None else [])
+            insert(con, [result] if result is not None else [])
             con.commit()
         except Exception as exc:
             if not isinstance(exc, TooManySeries):
@@ -215,7 +173,7 @@ class Writer:
 
     def _stage_group(
         self, con: duckdb.DuckDBPyConnection, requests: Sequence[Events]
-    ) -> list["_Staged | TooManySeries | None"]:
+    ) -> list["Staged | TooManySeries | None"]:
         """Each request's batch, in order (None: nothing new to write; TooManySeries: it
         would pass its tenant's limit). Event ids already stored, or claimed by a request
         before it, are left out. Known series resolve for all requests at once; a group
@@ -225,8 +183,8 @@ class Writer:
         stored: set[EventKey] = set()
         if everything:
             params = {"tenants": [k[0] for k in everything], "ids": [k[1] for k in everything]}
-            stored = {(t, e) for t, e in con.execute(_EXISTING_KEYS, params).fetchall()}
-        tables, keys_of = self._tables(requests, set(stored))
+            stored = {(t, e) for t, e in con.execute(EXISTING_KEYS, params).fetchall()}
+        tables, keys_of = tables_of(requests, set(stored))
         together = self.series.resolve(pa.concat_tables(tables), drop_over_limit=True)
         if not together.new.num_rows and together.keep is None:
             # Every series is known (the usual case): one resolution, split by request.
@@ -238,11 +196,11 @@ class Writer:
             return self._prepare_all(tables, keys_of, resolved)
         # New series: request by request, so the limit fails only the one that passes
         # it, and a failed request claims none of its event ids.
-        out: list[_Staged | TooManySeries | None] = []
+        out: list[Staged | TooManySeries | None] = []
         claimed = set(stored)
         for events in requests:
-            (table,), (keys,) = self._tables([events], claimed)
-            before = [s.resolved for s in out if isinstance(s, _Staged)]
+            (table,), (keys,) = tables_of([events], claimed)
+            before = [s.resolved for s in out if isinstance(s, Staged)]
             try:
                 one = self.series.resolve(table, False, before)
             except TooManySeries as exc:
@@ -252,35 +210,13 @@ class Writer:
             out.append(self._prepare(table, [], keys, one, out))
         return out
 
-    @staticmethod
-    def _tables(
-        requests: Sequence[Events], claimed: set[EventKey]
-    ) -> tuple[list[pa.Table], list[list[EventKey]]]:
-        """Each request's rows in time order, without events whose ids are `claimed`
-        (stored, or taken by a request before it), which this adds to."""
-        tables, keys_of = [], []
-        for events in requests:
-            rows: list[SampleRow] = []
-            mine: list[EventKey] = []
-            for key, event_rows in events:
-                if key is not None:
-                    if key in claimed:
-                        continue
-                    claimed.add(key)
-                    mine.append(key)
-                rows.extend(event_rows)
-            rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
-            tables.append(to_arrow(rows))
-            keys_of.append(mine)
-        return tables, keys_of
-
     def _prepare_all(
         self,
         tables: list[pa.Table],
         keys_of: list[list[EventKey]],
         resolved: list[Resolved],
-    ) -> list["_Staged | TooManySeries | None"]:
-        out: list[_Staged | TooManySeries | None] = []
+    ) -> list["Staged | TooManySeries | None"]:
+        out: list[Staged | TooManySeries | None] = []
         for table, keys, one in zip(tables, keys_of, resolved, strict=True):
             out.append(self._prepare(table, [], keys, one, out))
         return out
@@ -326,12 +262,12 @@ class Writer:
     ) -> Commit | None:
         """One batch in one transaction."""
         con = self._connection()
-        table = _with_labels(table)
+        table = with_labels(table)
         resolved = self.series.resolve(table, drop_over_limit)
         one = self._prepare(table, scrapes, keys, resolved, [])
         try:
             con.begin()
-            self._insert(con, [one] if one is not None else [])
+            insert(con, [one] if one is not None else [])
             con.commit()
         except Exception as exc:
             self._failed(con, exc)
@@ -345,8 +281,8 @@ class Writer:
         scrapes: Sequence[ScrapeRow],
         keys: Sequence[EventKey],
         resolved: Resolved,
-        staged: Sequence["_Staged | TooManySeries | None"],
-    ) -> "_Staged | None":
+        staged: Sequence["Staged | TooManySeries | None"],
+    ) -> "Staged | None":
         """One batch's rows, numbered after the batches `staged` before it in the same
         transaction; None when there is nothing to write."""
         if resolved.keep is not None:
@@ -354,7 +290,7 @@ class Writer:
         n = table.num_rows
         if n == 0 and not scrapes and not keys:
             return None
-        last = next((s.commit for s in reversed(staged) if isinstance(s, _Staged)), None)
+        last = next((s.commit for s in reversed(staged) if isinstance(s, Staged)), None)
         batch = last.batch + 1 if last is not None else self._next_batch
         first = last.last_seq + 1 if last is not None else self._next_seq
         points = pa.table(
@@ -368,37 +304,8 @@ class Writer:
             }
         )
         commit = Commit(batch, first, first + n - 1, n, resolved.skipped)
-        scraped = _scrapes_table(batch, scrapes) if scrapes else None
-        return _Staged(commit, table, resolved, points, scraped, list(keys))
-
-    def _insert(self, con: duckdb.DuckDBPyConnection, staged: Sequence["_Staged"]) -> None:
-        """Insert the batches `staged`, one statement per table for all of them, inside
-        the caller's open transaction."""
-        points = [s.points for s in staged if s.points.num_rows]
-        series = [s.resolved.new for s in staged if s.resolved.new.num_rows]
-        scrapes = [s.scrapes for s in staged if s.scrapes is not None]
-        keyed = [(key, s.commit.batch) for s in staged for key in s.keys]
-        try:
-            if series:
-                con.register("incoming_series", pa.concat_tables(series))
-                con.execute(_INSERT_SERIES)
-            if points:
-                con.register("incoming_points", pa.concat_tables(points))
-                con.execute(_INSERT_POINTS)
-            if scrapes:
-                con.register("incoming_scrapes", pa.concat_tables(scrapes))
-                con.execute(_INSERT_SCRAPES)
-            if keyed:
-                params = {
-                    "tenants": [k[0] for k, _ in keyed],
-                    "ids": [k[1] for k, _ in keyed],
-                    "batches": [b for _, b in keyed],
-                }
-                con.execute(_INSERT_KEYS, params)
-        finally:
-            for name in ("incoming_points", "incoming_series", "incoming_scrapes"):
-                with contextlib.suppress(duckdb.Error):
-                    con.unregister(name)
+        scraped = scrapes_table(batch, scrapes) if scrapes else None
+        return Staged(commit, table, resolved, points, scraped, list(keys))
 
     def _failed(self, con: duckdb.DuckDBPyConnection, exc: Exception) -> None:
         """A transaction failed: record why (first: the rollback may fail too)."""
@@ -406,7 +313,7 @@ class Writer:
         with contextlib.suppress(duckdb.Error):  # no transaction if BEGIN itself failed
             con.rollback()
 
-    def _finish(self, staged: Sequence["_Staged"]) -> None:
+    def _finish(self, staged: Sequence["Staged"]) -> None:
         """The transaction holding `staged` committed: remember its series, move the
         counters on, and announce each batch."""
         self.last_error = None
@@ -436,19 +343,3 @@ class Writer:
             await self._run(self._con.close)
             self._con = None
         self._executor.shutdown(wait=True)
-
-
-def _scrapes_table(batch: int, scrapes: Sequence[ScrapeRow]) -> pa.Table:
-    cols = list(zip(*scrapes, strict=True))
-    return pa.table(
-        {
-            "batch": pa.array([batch] * len(scrapes), pa.int64()),
-            "ts": pa.array(cols[0], pa.timestamp("us", tz="UTC")),
-            "tenant_id": pa.array(cols[1], pa.string()),
-            "tool_id": pa.array(cols[2], pa.string()),
-            "source": pa.array(cols[3], pa.string()),
-            "up": pa.array(cols[4], pa.bool_()),
-            "duration_seconds": pa.array(cols[5], pa.float64()),
-            "error": pa.array(cols[6], pa.string()),
-        }
-    )
