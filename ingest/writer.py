@@ -1,11 +1,12 @@
 """The single writer: every write to the database goes through here.
 
 It runs on one dedicated thread with one cursor (DuckDB raises when threads share a
-connection); what a transaction inserts is staged in `ingest.staging`. A tick is one batch in one transaction; push requests that arrive while a
-write is in progress share the next transaction (group commit: a transaction costs a few
-milliseconds here, a request's rows far less), each request its own batch. Rows get `seq`
-numbers that increase for the life of the database, and after the commit each batch is
-announced ("appended up to seq N") on the event loop.
+connection); what a transaction inserts is staged in `ingest.staging`. A tick is one batch
+in one transaction; push requests that arrive while a write is in progress share the next
+transaction (group commit: a transaction costs a few milliseconds here, a request's rows
+far less), each request its own batch. Rows get `seq` numbers that increase for the life
+of the database, and after the commit each batch is announced ("appended up to seq N") on
+the event loop.
 """
 
 import asyncio
