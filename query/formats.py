@@ -5,7 +5,6 @@ for analysts; JSON and CSV write RFC 3339 UTC strings.
 """
 
 import io
-import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 from starlette.responses import Response
 
 from schemas.http import JSONResponse
+from schemas.nested import json_number
 
 Format = Literal["json", "csv", "arrow", "parquet"]
 
@@ -67,14 +67,6 @@ def _utc(table: pa.Table) -> pa.Table:
                 i, field.name, table.column(i).cast(pa.timestamp("us", tz="UTC"))
             )
     return table
-
-
-def json_number(value: float) -> float | str:
-    """A number as JSON answers carry it: `"+Inf"`, `"-Inf"` and `"NaN"` as strings (as
-    Prometheus's HTTP API writes them), never `null`."""
-    if math.isfinite(value):
-        return value
-    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
 
 
 def json_rows(table: pa.Table) -> list[dict[str, Any]]:

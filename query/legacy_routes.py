@@ -56,12 +56,19 @@ async def current(request: Request, params: Annotated[LegacyCurrentParams, Query
 @router.get("/metrics/history")
 async def history(request: Request, params: Annotated[LegacyHistoryParams, Query()]) -> Response:
     """Snapshots of the last `hours` (the newest `limit`, oldest first)."""
+    rows = await _history(request, params, params.tool_id)
+    return JSONResponse({"history": rows, "count": len(rows), "hours": params.hours})
+
+
+async def _history(
+    request: Request, params: LegacyHistoryParams | LegacyToolHistoryParams, tool_id: str | None
+) -> list[dict[str, Any]]:
+    """The rows `/metrics/history` gives, for one tool or all."""
     start, end = _window(params.hours)
-    filters = _filters(params, tool_id=params.tool_id)
-    rows = await _db(request).read(
+    filters = _filters(params, tool_id=tool_id)
+    return await _db(request).read(
         partial(legacy.history, filters=filters, start=start, end=end, limit=params.limit)
     )
-    return JSONResponse({"history": rows, "count": len(rows), "hours": params.hours})
 
 
 @router.get("/metrics/aggregates")
@@ -190,11 +197,7 @@ async def tool_history(
     request: Request, tool_id: Label, params: Annotated[LegacyToolHistoryParams, Query()]
 ) -> Response:
     """One tool's snapshots of the last `hours`, as `/metrics/history` gives them."""
-    start, end = _window(params.hours)
-    rows = await _db(request).read(partial(
-        legacy.history, filters=_filters(params, tool_id=tool_id), start=start, end=end,
-        limit=params.limit,
-    ))  # fmt: skip
+    rows = await _history(request, params, tool_id)
     return JSONResponse({"tool_id": tool_id, "hours": params.hours, "history": rows,
                          "count": len(rows)})  # fmt: skip
 

@@ -9,12 +9,13 @@ import pyarrow as pa
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from query.formats import encode, json_number, negotiate
+from query.formats import encode, negotiate
 from query.history import HEAD, increase_snapshot
 from query.sql import latest_sql, series_sql, series_where, where
 from schemas.db import Database, arrow
 from schemas.http import error_response
 from schemas.models import IncreaseParams, LatestParams, SampleFilters, SeriesParams
+from schemas.nested import json_number
 from schemas.times import rfc3339, utcnow
 
 DEFAULT_WINDOW = timedelta(hours=24)

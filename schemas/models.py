@@ -217,7 +217,8 @@ class StreamParams(Strict):
     token: Annotated[str, StringConstraints(max_length=4096)] | None = None
 
     def label_filter(self) -> Labels:
-        """`labels` and `tags` together (the same exact matches; both must hold)."""
+        """`labels` and `tags` together (both exact matches; `labels` wins on a name both
+        give)."""
         pairs = dict(parse_filter(self.tags, "tags")) if self.tags else {}
         pairs.update(parse_filter(self.labels, "labels") if self.labels else ())
         return tuple(sorted(pairs.items()))
@@ -238,12 +239,14 @@ class LegacyToolWindow(LegacyWindow):
     tool_id: Label | None = None
 
 
-class LegacyHistoryParams(LegacyToolWindow):
-    limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
-
-
 class LegacyToolHistoryParams(LegacyWindow):
+    """`/metrics/tool/{tool_id}/history` (the tool is in the path)."""
+
     limit: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+
+
+class LegacyHistoryParams(LegacyToolHistoryParams):
+    tool_id: Label | None = None
 
 
 class LegacyTokenSavingsParams(LegacyToolWindow):

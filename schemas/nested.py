@@ -1,6 +1,28 @@
 """Dotted metric names back into the nested JSON the upstreams (and the old service) sent."""
 
+import math
 from typing import Any
+
+# Non-finite numbers in JSON answers and messages, as Prometheus's HTTP API writes them.
+_TEXT_OF = {"+Inf": math.inf, "-Inf": -math.inf, "NaN": math.nan}
+
+
+def json_number(value: float) -> float | str:
+    """A float as JSON carries it: itself if finite, else "+Inf", "-Inf" or "NaN"
+    (orjson would write null)."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+def json_value(value: float) -> float | int | str:
+    """`json_number`, with whole numbers as ints (`number`)."""
+    return number(value) if math.isfinite(value) else json_number(value)
+
+
+def from_json_number(value: float | int | str) -> float:
+    """The float a `json_number`/`json_value` stands for."""
+    return _TEXT_OF[value] if isinstance(value, str) else float(value)
 
 
 def number(value: float) -> float | int:

@@ -1,6 +1,5 @@
 """Encoding a batch for one filter, once, into the bytes every matching client gets."""
 
-import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -8,22 +7,9 @@ import orjson
 
 from schemas.labels import Labels
 from schemas.labels import matches as label_matches
-from schemas.nested import number, put
+from schemas.nested import from_json_number, json_value, put
 from schemas.times import rfc3339
 from stream.batches import Batch, Row
-
-_NON_FINITE = {"+Inf": math.inf, "-Inf": -math.inf, "NaN": math.nan}
-
-
-def json_value(value: float) -> float | int | str:
-    """A number as messages carry it: whole numbers as ints, non-finite as strings."""
-    if math.isfinite(value):
-        return number(value)
-    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-
-
-def _as_float(value: float | int | str) -> float:
-    return _NON_FINITE[value] if isinstance(value, str) else float(value)
 
 
 class Outgoing(NamedTuple):
@@ -77,7 +63,8 @@ def _data_and_deltas(rows: Iterable[Row]) -> tuple[dict[str, Any], dict[str, dic
         put(source, row.metric, json_value(row.value))
         if row.delta is not None:
             per_source = deltas.setdefault(row.source, {})
-            per_source[row.metric] = json_value(per_source.get(row.metric, 0) + row.delta)
+            before = from_json_number(per_source.get(row.metric, 0))
+            per_source[row.metric] = json_value(before + row.delta)
     return data, deltas
 
 
@@ -149,7 +136,9 @@ def merge_metrics(texts: list[str]) -> str:
         for source, deltas in message["deltas"].items():
             target = merged["deltas"].setdefault(source, {})
             for metric, delta in deltas.items():
-                target[metric] = json_value(_as_float(target.get(metric, 0)) + _as_float(delta))
+                target[metric] = json_value(
+                    from_json_number(target.get(metric, 0)) + from_json_number(delta)
+                )
         for key in ("timestamp", "seq", "cursor", "tenant_id", "tool_id", "session_id", "labels"):
             if key in message:
                 merged[key] = message[key]
