@@ -18,8 +18,9 @@ from schemas.rows import SAMPLE_SCHEMA, ScrapeRow
 from schemas.tenants import TenantRegistry, feature_enabled
 from schemas.times import utcnow
 
-# A tick must finish inside its interval (APScheduler skips a run while the previous one
-# is going), so a source's timeout is clamped below the interval, leaving time to write.
+# A tick's scrapes should end inside its interval (at most two ticks of a tenant run at
+# once, and one due beyond that is counted as skipped: jobs.py), so a source's timeout is
+# clamped below the interval, leaving time to parse and write.
 TIMEOUT_SHARE_OF_INTERVAL = 0.8
 
 
