@@ -6,9 +6,11 @@ the composition root fills.
 
 from collections import Counter
 from dataclasses import replace
-from typing import Annotated, Any, cast
+from typing import cast
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from ingest.events import Event
@@ -51,8 +53,17 @@ _INGEST_BODY = {
         429: {"description": "over the tenant's events per minute (see Retry-After)"},
     },
 )
-async def ingest(request: Request, params: Annotated[NoParams, Query()]) -> Any:
+async def ingest(request: Request) -> Response:
     """Push samples. All or nothing; answered only once the events are committed."""
+    # The hot path of small pushes: the request alone as a parameter, and the answer as
+    # bytes, skip FastAPI's parameter and response models (a fifth of a small push's time).
+    if request.url.query:
+        try:
+            NoParams.model_validate(dict(request.query_params))
+        except ValidationError as exc:
+            return validation_error_response(
+                [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
+            )
     writer = cast(Writer, request.state.writer)
     budget = cast(EventBudget, request.state.ingest_budget)
     limit = cast(int, request.state.max_body_bytes)
@@ -84,7 +95,8 @@ async def ingest(request: Request, params: Annotated[NoParams, Query()]) -> Any:
         await writer.append_events(event_rows(events, utcnow()))
     except TooManySeries as exc:
         return error_response(422, str(exc))
-    return IngestAccepted(accepted=len(events), seq=writer.last_seq)
+    accepted = IngestAccepted.model_construct(accepted=len(events), seq=writer.last_seq)
+    return Response(orjson.dumps(accepted.__dict__), 202, media_type="application/json")
 
 
 def own_tenant(events: list[Event], tenant_id: str) -> list[Event]:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.labels import from_json, text_form, to_json
+from schemas.rows import SampleRow
 from schemas.series_migration import SERIES_KEYS_SCHEMA
 
 KEY_COLUMNS = ("tenant_id", "tool_id", "session_id", "source", "metric", "labels")
@@ -150,6 +151,11 @@ class SeriesIndex:
             self._per_tenant[tenant] += 1
             top = max(top, sid)
         self._next = top + 1
+
+    def known(self, row: SampleRow) -> int | None:
+        """The id of `row`'s series if it is stored, else None."""
+        key = (row.tenant_id, row.tool_id, row.session_id, row.source, row.metric, row.labels)
+        return self._ids.get(_key(key))
 
     def resolve(
         self, table: pa.Table, drop_over_limit: bool = False, before: Sequence[Resolved] = ()

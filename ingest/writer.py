@@ -11,7 +11,6 @@ the event loop.
 
 import asyncio
 import concurrent.futures
-import contextlib
 import threading
 import time
 from collections import Counter
@@ -28,12 +27,14 @@ import pyarrow.compute  # noqa: F401  (so would the first `unique()`: not in the
 from ingest.series import DEFAULT_MAX_SERIES_PER_TENANT, Resolved, SeriesIndex, TooManySeries
 from ingest.staging import (
     EXISTING_KEYS,
+    SMALL_GROUP_ROWS,
     Commit,
     EventKey,
     Events,
     Staged,
     insert,
     scrapes_table,
+    stage_known,
     tables_of,
     with_labels,
 )
@@ -56,8 +57,10 @@ class Writer:
         db: Database,
         signal: AppendSignal,
         max_series_per_tenant: int = DEFAULT_MAX_SERIES_PER_TENANT,
+        small_group_rows: int = SMALL_GROUP_ROWS,
     ) -> None:
         self._db = db
+        self._small_group_rows = small_group_rows  # pushes of up to this many rows, per row
         self.series = SeriesIndex(max_series_per_tenant)
         self._signal = signal
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -130,12 +133,10 @@ class Writer:
         con = self._connection()
         results: list[Staged | TooManySeries | None] = []
         try:
-            con.begin()
             results = self._stage_group(con, [events for events, _ in group])
             insert(con, [r for r in results if isinstance(r, Staged)])
-            con.commit()
         except Exception as exc:
-            self._failed(con, exc)
+            self._failed(exc)
             if len(group) == 1:
                 group[0][1].set_exception(exc)
                 return
@@ -155,19 +156,13 @@ class Writer:
     def _write_events(self, events: Events) -> Commit | None:
         """One request alone, in its own transaction."""
         con = self._connection()
+        (result,) = self._stage_group(con, [events])
+        if isinstance(result, TooManySeries):
+            raise result
         try:
-            con.begin()
-            (result,) = self._stage_group(con, [events])
-            if isinstance(result, TooManySeries):
-                raise result
             insert(con, [result] if result is not None else [])
-            con.commit()
         except Exception as exc:
-            if not isinstance(exc, TooManySeries):
-                self._failed(con, exc)
-            else:
-                with contextlib.suppress(duckdb.Error):
-                    con.rollback()
+            self._failed(exc)
             raise
         self._finish([result] if result is not None else [])
         return result.commit if result is not None else None
@@ -185,6 +180,12 @@ class Writer:
         if everything:
             params = {"tenants": [k[0] for k in everything], "ids": [k[1] for k in everything]}
             stored = {(t, e) for t, e in con.execute(EXISTING_KEYS, params).fetchall()}
+        if sum(len(rows) for events in requests for _, rows in events) <= self._small_group_rows:
+            known = stage_known(
+                requests, set(stored), self.series.known, self._next_batch, self._next_seq
+            )
+            if known is not None:
+                return list(known)
         tables, keys_of = tables_of(requests, set(stored))
         together = self.series.resolve(pa.concat_tables(tables), drop_over_limit=True)
         if not together.new.num_rows and together.keep is None:
@@ -267,11 +268,9 @@ class Writer:
         resolved = self.series.resolve(table, drop_over_limit)
         one = self._prepare(table, scrapes, keys, resolved, [])
         try:
-            con.begin()
             insert(con, [one] if one is not None else [])
-            con.commit()
         except Exception as exc:
-            self._failed(con, exc)
+            self._failed(exc)
             raise
         self._finish([one] if one is not None else [])
         return one.commit if one is not None else None
@@ -306,13 +305,13 @@ class Writer:
         )
         commit = Commit(batch, first, first + n - 1, n, resolved.skipped)
         scraped = scrapes_table(batch, scrapes) if scrapes else None
-        return Staged(commit, table, resolved, points, scraped, list(keys))
+        tenants = frozenset(table.column("tenant_id").unique().to_pylist()) if n else frozenset()
+        last_ts = table.column("ts")[n - 1].as_py() if n else None
+        return Staged(commit, tenants, last_ts, resolved, points, scraped, list(keys))
 
-    def _failed(self, con: duckdb.DuckDBPyConnection, exc: Exception) -> None:
-        """A transaction failed: record why (first: the rollback may fail too)."""
+    def _failed(self, exc: Exception) -> None:
+        """A write failed (`insert` has rolled it back): record why."""
         self.last_error = f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(duckdb.Error):  # no transaction if BEGIN itself failed
-            con.rollback()
 
     def _finish(self, staged: Sequence["Staged"]) -> None:
         """The transaction holding `staged` committed: remember its series, move the
@@ -325,17 +324,14 @@ class Writer:
             self.series_skipped += one.resolved.skipped
             self._next_seq = one.commit.last_seq + 1
             self._next_batch = one.commit.batch + 1
-            if one.commit.rows:
-                self._announce(one.commit, one.table, committed_at)
+            if one.commit.rows and one.last_ts is not None:
+                self._announce(one, one.last_ts, committed_at)
 
-    def _announce(self, commit: Commit, table: pa.Table, committed_at: float) -> None:
+    def _announce(self, one: Staged, last_ts: datetime, committed_at: float) -> None:
         # Posted to the loop from this thread, so the stream hears of every commit even
         # if the coroutine that asked for the write was cancelled meanwhile.
-        tenants = frozenset(table.column("tenant_id").unique().to_pylist())
-        ts: datetime = table.column("ts")[table.num_rows - 1].as_py()
-        appended = Appended(
-            commit.batch, commit.first_seq, commit.last_seq, ts, tenants, committed_at
-        )
+        c = one.commit
+        appended = Appended(c.batch, c.first_seq, c.last_seq, last_ts, one.tenants, committed_at)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._signal.publish, appended)
 

@@ -1,14 +1,21 @@
 """Group commit: concurrent pushes share transactions, yet each request is answered only
 after its own events are committed, all or nothing, and stored once by its event ids."""
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
+from ingest.staging import SMALL_GROUP_ROWS
+from ingest.writer import Commit, Events, Writer
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
+from schemas.db import Database
+from schemas.labels import NO_LABELS, to_json
+from schemas.rows import SampleRow
+from schemas.signals import AppendSignal
 from tests.helpers import serve
 
 pytestmark = pytest.mark.anyio
@@ -74,3 +81,71 @@ async def test_concurrent_pushes_are_committed_together_each_once_and_all_or_not
     assert len(keys) == len(set(keys)) == PUSHERS * REQUESTS * 3  # every event exactly once
     # Fewer transactions than requests: some were committed together.
     assert health["writer"]["transactions"] < PUSHERS * REQUESTS * 2 + 1  # + the refused
+
+
+async def test_small_groups_store_what_the_column_path_stores(tmp_path: Path) -> None:
+    """Small groups of pushes of known series resolve per row (`stage_known`); the same
+    requests through the column path alone give the same batches, seqs and rows."""
+    ts = datetime(2026, 11, 20, 10, tzinfo=UTC)
+
+    def request(i: int) -> Events:
+        labels = to_json((("le", str(i % 3)),)) if i % 2 else NO_LABELS
+        out = []
+        for e in range(1 + i % 3):
+            key = ("local", f"r{i}-e{e}") if i % 4 == 0 else None
+            rows = [
+                SampleRow(ts + timedelta(seconds=(7 * i + e + k) % 5), "local",
+                          "t" if i % 3 else None, None, f"s{i % 4}", f"m{k}",
+                          "gauge" if k else "counter", float(i + k), labels)
+                for k in range(1 + e % 2)
+            ]  # fmt: skip
+            out.append((key, rows))
+        return out
+
+    async def stored(small_group_rows: int) -> tuple[list[object], list[tuple[object, ...]]]:
+        db = Database(tmp_path / f"small-{small_group_rows}.duckdb")
+        writer = Writer(db, AppendSignal(), small_group_rows=small_group_rows)
+        await writer.start()
+        try:
+            for i in range(12):  # every series once, through the column path
+                await writer.append_events(request(i))
+            commits = []
+            for i in range(12, 60):  # one request at a time: the same groups for both
+                commits.append(await writer.append_events(request(i % 12 + 12 * (i % 2))))
+            commits.append(await writer.append_events(request(0)))  # its event ids are stored
+            sequential = db.read_sync(lambda c: c.execute(
+                "SELECT seq, batch, ts, metric, labels, tool_id, source, kind, value "
+                "FROM samples ORDER BY seq").fetchall())  # fmt: skip
+            # Concurrent requests: groups of several, as they happen to form.
+            together: list[Commit | None] = [None] * 24
+            async with anyio.create_task_group() as tasks:
+                for i in range(24):
+
+                    async def one(i: int = i) -> None:
+                        together[i] = await writer.append_events(request(100 + i))
+
+                    tasks.start_soon(one)  # fmt: skip
+            assert writer.transactions < 12 + 49 + 24  # some were committed together
+            per_request = []
+            for commit in together:
+                assert commit is not None
+                per_request.append(db.read_sync(lambda c, b=commit.batch: c.execute(
+                    "SELECT ts, metric, labels, tool_id, source, kind, value, seq FROM samples "
+                    "WHERE batch = $b ORDER BY seq", {"b": b}).fetchall()))  # fmt: skip
+            seqs = db.read_sync(lambda c: c.execute(
+                "SELECT seq, batch FROM samples ORDER BY seq").fetchall())  # fmt: skip
+        finally:
+            await writer.close()
+            db.close()
+        assert [s for s, _ in seqs] == list(range(1, len(seqs) + 1))
+        batches = sorted({b for _, b in seqs})
+        assert batches == list(range(1, len(batches) + 1))  # one per request with rows
+        for commit, rows in zip(together, per_request, strict=True):
+            assert commit is not None and [r[-1] for r in rows] == list(
+                range(commit.first_seq, commit.last_seq + 1)
+            )
+        return commits, sequential, [[r[:-1] for r in rows] for rows in per_request]
+
+    per_row, columns = await stored(SMALL_GROUP_ROWS), await stored(0)
+    assert per_row == columns
+    assert per_row[0][-1] is None  # the repeated event ids: nothing new to write
