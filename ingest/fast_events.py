@@ -1,4 +1,5 @@
-"""Push bodies checked without pydantic where they are plainly valid.
+"""Small push bodies checked without pydantic where they are plainly valid (large ones
+are checked per column: `ingest.bulk`).
 
 pydantic validates an event in about 12 us here (its `AfterValidator`s and the counter
 check run in Python per event): most of a 10,000-event push. This checks the common shape

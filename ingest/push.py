@@ -4,15 +4,18 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import orjson
+import pyarrow as pa
 
+from ingest.bulk import BULK_BYTES, Columns, decode
 from ingest.events import Event
 from ingest.fast_events import fast_events
-from ingest.writer import EventKey
+from ingest.writer import EventKey, Pushed
 from schemas.labels import NO_LABELS, to_json
 from schemas.models import IngestBatch, IngestEvent
 from schemas.rows import SampleRow
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
+_TS = pa.timestamp("us", tz="UTC")
 
 
 class BodyTooLarge(Exception):
@@ -36,8 +39,13 @@ async def read_capped(chunks: AsyncIterator[bytes], declared: str | None, limit:
     return b"".join(parts)
 
 
-def parse_events(body: bytes) -> list[Event]:
-    """One event or `{"events": [...]}`; raises `InvalidBody` or `ValidationError`."""
+def parse_events(body: bytes) -> list[Event] | Columns:
+    """One event or `{"events": [...]}`; raises `InvalidBody` or `ValidationError`.
+    Large bodies come back as columns when they are plainly valid (`ingest.bulk`)."""
+    if len(body) >= BULK_BYTES:
+        columns = decode(body)
+        if columns is not None:
+            return columns
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -48,6 +56,11 @@ def parse_events(body: bytes) -> list[Event]:
     if isinstance(doc, dict) and "events" in doc:
         return [Event.of(e) for e in IngestBatch.model_validate(doc).events]
     return [Event.of(IngestEvent.model_validate(doc))]
+
+
+def columns_request(columns: Columns, now: datetime) -> Pushed:
+    """What the writer takes for a push decoded into columns."""
+    return Pushed(columns.at(pa.scalar(now, _TS)), columns.event, columns.keys())
 
 
 def event_rows(events: list[Event], now: datetime) -> list[tuple[EventKey | None, list[SampleRow]]]:

@@ -13,9 +13,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from ingest.bulk import Columns
 from ingest.events import Event
 from ingest.limits import EventBudget, OverLimit
-from ingest.push import BodyTooLarge, InvalidBody, event_rows, parse_events, read_capped
+from ingest.push import (
+    BodyTooLarge,
+    InvalidBody,
+    columns_request,
+    event_rows,
+    parse_events,
+    read_capped,
+)
 from ingest.writer import TooManySeries, Writer
 from schemas.auth import AuthError, Principal
 from schemas.http import error_response, validation_error_response
@@ -86,22 +94,33 @@ async def ingest(request: Request) -> Response:
             events = own_tenant(events, principal.tenant_id)
         except AuthError as exc:
             return error_response(exc.status, exc.reason)
+    tenants = Counter(
+        events.tenants if isinstance(events, Columns) else (e.tenant_id for e in events)
+    )
     try:
-        for tenant_id, n in Counter(e.tenant_id for e in events).items():
+        for tenant_id, n in tenants.items():
             budget.take(tenant_id, n)
     except OverLimit as exc:
         return error_response(429, exc.reason, None, **{"Retry-After": str(exc.retry_after)})
+    now = utcnow()
     try:
-        await writer.append_events(event_rows(events, utcnow()))
+        await writer.append_events(
+            columns_request(events, now) if isinstance(events, Columns) else event_rows(events, now)
+        )
     except TooManySeries as exc:
         return error_response(422, str(exc))
     accepted = IngestAccepted.model_construct(accepted=len(events), seq=writer.last_seq)
     return Response(orjson.dumps(accepted.__dict__), 202, media_type="application/json")
 
 
-def own_tenant(events: list[Event], tenant_id: str) -> list[Event]:
+def own_tenant(events: list[Event] | Columns, tenant_id: str) -> list[Event] | Columns:
     """Events as the credential's tenant sends them: its tenant where none is named, and
     AuthError (403) for one that names another."""
+    if isinstance(events, Columns):
+        for named, tenant in zip(events.named, events.tenants, strict=True):
+            if named and tenant != tenant_id:
+                raise AuthError(403, f"tenant_id: this credential is for {tenant_id!r} only")
+        return events.for_tenant(tenant_id)
     out = []
     for event in events:
         if "tenant_id" in event.given and event.tenant_id != tenant_id:

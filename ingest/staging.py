@@ -34,7 +34,30 @@ SEMI JOIN ingest_events e ON e.tenant_id = k.tenant_id AND e.event_id = k.event_
 """
 
 EventKey = tuple[str, str]  # (tenant_id, event_id)
-Events = Sequence[tuple[EventKey | None, Sequence[SampleRow]]]  # one push request
+Events = Sequence[tuple[EventKey | None, Sequence[SampleRow]]]  # one push request, as rows
+
+
+class Pushed(NamedTuple):
+    """One push request as columns: its rows (SAMPLE_SCHEMA), each row's event (its
+    position in the request), and each event's idempotency key."""
+
+    table: pa.Table
+    event: np.ndarray
+    keys: Sequence[EventKey | None]
+
+
+Request = Events | Pushed
+
+
+def keys_in(request: Request) -> Sequence[EventKey | None]:
+    return request.keys if isinstance(request, Pushed) else [key for key, _ in request]
+
+
+def rows_in(request: Request) -> int:
+    if isinstance(request, Pushed):
+        n: int = request.table.num_rows
+        return n
+    return sum(len(rows) for _, rows in request)
 
 
 class Commit(NamedTuple):
@@ -111,7 +134,7 @@ _TS = pa.timestamp("us", tz="UTC")
 
 
 def stage_known(
-    requests: Sequence[Events],
+    requests: Sequence[Request],
     claimed: set[EventKey],
     series_id: Callable[[SampleRow], int | None],
     batch: int,
@@ -125,6 +148,8 @@ def stage_known(
     kernels of the column path, whose fixed cost is most of a small push's."""
     plans = []
     for events in requests:
+        if isinstance(events, Pushed):
+            return None  # columns take the column path
         rows: list[SampleRow] = []
         mine: list[EventKey] = []
         for key, event_rows in events:
@@ -177,25 +202,48 @@ def _insert_arrow(con: duckdb.DuckDBPyConnection, statement: str, incoming: pa.T
 
 
 def tables_of(
-    requests: Sequence[Events], claimed: set[EventKey]
+    requests: Sequence[Request], claimed: set[EventKey]
 ) -> tuple[list[pa.Table], list[list[EventKey]]]:
     """Each request's rows in time order, without events whose ids are `claimed`
     (stored, or taken by a request before it), which this adds to."""
     tables, keys_of = [], []
-    for events in requests:
-        rows: list[SampleRow] = []
-        mine: list[EventKey] = []
-        for key, event_rows in events:
-            if key is not None:
-                if key in claimed:
-                    continue
-                claimed.add(key)
-                mine.append(key)
-            rows.extend(event_rows)
-        rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
-        tables.append(to_arrow(rows))
+    for request in requests:
+        if isinstance(request, Pushed):
+            table, mine = _unclaimed(request, claimed)
+        else:
+            rows: list[SampleRow] = []
+            mine = []
+            for key, event_rows in request:
+                if key is not None:
+                    if key in claimed:
+                        continue
+                    claimed.add(key)
+                    mine.append(key)
+                rows.extend(event_rows)
+            rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
+            table = to_arrow(rows)
+        tables.append(table)
         keys_of.append(mine)
     return tables, keys_of
+
+
+def _unclaimed(request: Pushed, claimed: set[EventKey]) -> tuple[pa.Table, list[EventKey]]:
+    """`tables_of` for columns: the rows of unclaimed events, in time order (stable)."""
+    dropped, mine = [], []
+    for i, key in enumerate(request.keys):
+        if key is not None:
+            if key in claimed:
+                dropped.append(i)
+                continue
+            claimed.add(key)
+            mine.append(key)
+    table = request.table
+    if dropped:
+        table = table.filter(pa.array(~np.isin(request.event, dropped)))
+    ts = table.column("ts").cast(pa.int64()).to_numpy()
+    if len(ts) > 1 and (ts[1:] < ts[:-1]).any():
+        table = table.take(pa.array(np.argsort(ts, kind="stable")))
+    return table, mine
 
 
 def scrapes_table(batch: int, scrapes: Sequence[ScrapeRow]) -> pa.Table:

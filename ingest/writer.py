@@ -31,8 +31,12 @@ from ingest.staging import (
     Commit,
     EventKey,
     Events,
+    Pushed,
+    Request,
     Staged,
     insert,
+    keys_in,
+    rows_in,
     scrapes_table,
     stage_known,
     tables_of,
@@ -46,7 +50,7 @@ from schemas.times import utcnow
 
 T = TypeVar("T")
 
-__all__ = ["Commit", "EventKey", "Events", "TooManySeries", "Writer"]
+__all__ = ["Commit", "EventKey", "Events", "Pushed", "TooManySeries", "Writer"]
 
 
 class Writer:
@@ -72,7 +76,7 @@ class Writer:
         self._next_batch = 1
         self.last_error: str | None = None
         self.transactions = 0  # committed, since start (group commit: fewer than batches)
-        self._pushes: list[tuple[Events, concurrent.futures.Future[Commit | None]]] = []
+        self._pushes: list[tuple[Request, concurrent.futures.Future[Commit | None]]] = []
         self._pushes_lock = threading.Lock()
         self.series_skipped = 0  # scraped samples left out: new series over a tenant's limit
 
@@ -109,7 +113,7 @@ class Writer:
         table = samples if isinstance(samples, pa.Table) else to_arrow(samples)
         return await self._run(lambda: self._write(table, scrapes, [], drop_over_limit=True))
 
-    async def append_events(self, events: Events) -> Commit | None:
+    async def append_events(self, events: Request) -> Commit | None:
         """Append one push request's events as one batch, skipping any whose key is
         already stored. Requests that arrive while a write is in progress are committed
         together in the next transaction (group commit), each still its own batch, all or
@@ -153,7 +157,7 @@ class Writer:
             else:
                 done.set_result(result.commit if result is not None else None)
 
-    def _write_events(self, events: Events) -> Commit | None:
+    def _write_events(self, events: Request) -> Commit | None:
         """One request alone, in its own transaction."""
         con = self._connection()
         (result,) = self._stage_group(con, [events])
@@ -168,19 +172,19 @@ class Writer:
         return result.commit if result is not None else None
 
     def _stage_group(
-        self, con: duckdb.DuckDBPyConnection, requests: Sequence[Events]
+        self, con: duckdb.DuckDBPyConnection, requests: Sequence[Request]
     ) -> list["Staged | TooManySeries | None"]:
         """Each request's batch, in order (None: nothing new to write; TooManySeries: it
         would pass its tenant's limit). Event ids already stored, or claimed by a request
         before it, are left out. Known series resolve for all requests at once; a group
         that brings new series resolves request by request, so the limit fails only the
         request that would pass it."""
-        everything = [key for events in requests for key, _ in events if key is not None]
+        everything = [key for request in requests for key in keys_in(request) if key is not None]
         stored: set[EventKey] = set()
         if everything:
             params = {"tenants": [k[0] for k in everything], "ids": [k[1] for k in everything]}
             stored = {(t, e) for t, e in con.execute(EXISTING_KEYS, params).fetchall()}
-        if sum(len(rows) for events in requests for _, rows in events) <= self._small_group_rows:
+        if sum(rows_in(request) for request in requests) <= self._small_group_rows:
             known = stage_known(
                 requests, set(stored), self.series.known, self._next_batch, self._next_seq
             )

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
+import orjson
+
+from ingest.bulk import BULK_BYTES
 from omnimetrics.server import build_server
 
 
@@ -169,3 +173,16 @@ class StalledWebSocket:
                 code = int.from_bytes(payload[:2], "big") if payload else 1005
                 close = (code, payload[2:].decode())
         return messages, close
+
+
+class Push:
+    """POST /ingest with a body of either size: small bodies are checked per event, large
+    ones per column (`ingest.bulk`); JSON whitespace makes a body large, nothing else."""
+
+    def __init__(self, large: bool) -> None:
+        self.large = large
+
+    def __call__(self, url: str, body: Any, **kwargs: Any) -> httpx.Response:
+        raw = orjson.dumps(body) + (b" " * BULK_BYTES if self.large else b"")
+        headers = {"content-type": "application/json", **kwargs.pop("headers", {})}
+        return httpx.post(url, content=raw, headers=headers, **kwargs)

@@ -11,7 +11,7 @@ import pytest
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
 from schemas.signals import Appended
-from tests.helpers import serve
+from tests.helpers import Push, serve
 
 
 @pytest.fixture
@@ -33,6 +33,11 @@ def event(**overrides: Any) -> dict[str, Any]:
     return doc
 
 
+@pytest.fixture(params=["small", "large"])
+def post(request: pytest.FixtureRequest) -> Push:
+    return Push(request.param == "large")
+
+
 def stored(base: str, **params: str) -> list[dict[str, Any]]:
     response = httpx.get(f"{base}/api/v1/series", params=params)
     assert response.status_code == 200, response.text
@@ -40,8 +45,8 @@ def stored(base: str, **params: str) -> list[dict[str, Any]]:
     return samples
 
 
-def test_push_is_committed_before_the_202(base: str) -> None:
-    response = httpx.post(f"{base}/ingest", json=event())
+def test_push_is_committed_before_the_202(base: str, post: Push) -> None:
+    response = post(f"{base}/ingest", event())
     assert response.status_code == 202
     body = response.json()
     assert body == {"accepted": 1, "seq": 1}
@@ -65,12 +70,12 @@ def test_commit_listeners_hear_each_push_committed_before_its_202(tmp_path: Path
     assert [(a.first_seq, a.last_seq) for a in heard] == [(1, 1), (2, 4)] and seqs == [1, 4]
 
 
-def test_batch_push_is_one_batch_in_time_order(base: str) -> None:
+def test_batch_push_is_one_batch_in_time_order(base: str, post: Push) -> None:
     events = [
         event(ts="2026-11-25T10:00:02Z", metrics={"a": 2}),
         event(ts="2026-11-25T12:00:01+02:00", metrics={"a": 1, "b": 5}),
     ]
-    response = httpx.post(f"{base}/ingest", json={"events": events})
+    response = post(f"{base}/ingest", {"events": events})
     assert response.json() == {"accepted": 2, "seq": 3}
     samples = stored(base, **{"from": "2026-11-25T00:00:00Z", "to": "2026-11-26T00:00:00Z"})
     assert [(s["metric"], s["ts"]) for s in samples] == [
@@ -99,9 +104,9 @@ def test_batch_push_is_one_batch_in_time_order(base: str) -> None:
          "bad-ts", "naive-ts", "bad-tenant", "empty-batch", "not-an-object"],
 )  # fmt: skip
 def test_invalid_push_is_422_naming_the_field_and_stores_nothing(
-    base: str, body: Any, names: str
+    base: str, body: Any, names: str, post: Push
 ) -> None:
-    response = httpx.post(f"{base}/ingest", json=body)
+    response = post(f"{base}/ingest", body)
     assert response.status_code == 422
     assert names in response.json()["error"]
     assert stored(base) == []
@@ -121,18 +126,18 @@ def test_body_that_is_not_strict_json_is_422(base: str, raw: bytes) -> None:
     assert stored(base) == []
 
 
-def test_repeated_event_id_is_stored_once_and_still_accepted(base: str) -> None:
-    first = httpx.post(f"{base}/ingest", json=event(event_id="e-1"))
+def test_repeated_event_id_is_stored_once_and_still_accepted(base: str, post: Push) -> None:
+    first = post(f"{base}/ingest", event(event_id="e-1"))
     assert first.json() == {"accepted": 1, "seq": 1}
-    again = httpx.post(
+    again = post(
         f"{base}/ingest",
-        json={"events": [event(event_id="e-1"), event(event_id="e-2"), event(event_id="e-2")]},
+        {"events": [event(event_id="e-1"), event(event_id="e-2"), event(event_id="e-2")]},
     )
     assert again.status_code == 202
     assert again.json() == {"accepted": 3, "seq": 2}
     assert len(stored(base)) == 2
     # Idempotency keys are per tenant: another tenant may use the same id.
-    other = httpx.post(f"{base}/ingest", json=event(event_id="e-1", tenant_id="acme"))
+    other = post(f"{base}/ingest", event(event_id="e-1", tenant_id="acme"))
     assert other.json() == {"accepted": 1, "seq": 3}
 
 

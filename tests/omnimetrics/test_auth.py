@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
 from schemas.auth import issue
-from tests.helpers import serve
+from tests.helpers import Push, serve
 from tests.stream.conftest import recv, recv_type, sse_frames
 
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
@@ -201,20 +201,26 @@ def test_settings_of_another_tenant_are_out_of_reach(running: Running) -> None:
         assert response.status_code == 403, (method, path)
 
 
-def test_pushes_land_in_the_credentials_tenant_only(running: Running) -> None:
-    event = {"source": "x", "kind": "gauge", "metrics": {"m": 1}}
-    other = httpx.post(f"{running.base}/ingest", json={**event, "tenant_id": "globex"},
-                       headers=auth("acme", "write"))  # fmt: skip
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+def test_pushes_land_in_the_credentials_tenant_only(running: Running, large: bool) -> None:
+    post = Push(large)  # large bodies are checked per column (ingest.bulk)
+    source = f"x-{large}"  # the server is shared by the module's tests
+    event = {"source": source, "kind": "gauge", "metrics": {"m": 1}}
+    other = post(f"{running.base}/ingest", {**event, "tenant_id": "globex"},
+                 headers=auth("acme", "write"))  # fmt: skip
     assert other.status_code == 403
     mixed = {"events": [event, {**event, "tenant_id": "globex"}]}
-    assert httpx.post(f"{running.base}/ingest", json=mixed,
-                      headers=auth("acme", "write")).status_code == 403  # fmt: skip
-    landed = httpx.post(f"{running.base}/ingest", json=event, headers=auth("acme", "write"))
+    assert post(f"{running.base}/ingest", mixed,
+                headers=auth("acme", "write")).status_code == 403  # fmt: skip
+    named = post(f"{running.base}/ingest", {**event, "tenant_id": "acme", "metrics": {"m": 2}},
+                 headers=auth("acme", "write"))  # fmt: skip
+    assert named.status_code == 202
+    landed = post(f"{running.base}/ingest", event, headers=auth("acme", "write"))
     assert landed.status_code == 202
-    globex = get(running, "/api/v1/series", tenant="globex", source="x").json()["samples"]
+    globex = get(running, "/api/v1/series", tenant="globex", source=source).json()["samples"]
     assert globex == []
-    acme = get(running, "/api/v1/series", source="x").json()["samples"]
-    assert [s["tenant_id"] for s in acme] == ["acme"]
+    acme = get(running, "/api/v1/series", source=source).json()["samples"]
+    assert [s["tenant_id"] for s in acme] == ["acme"] * 2
 
 
 # ---- streams ----
