@@ -45,6 +45,82 @@ class Resolved(NamedTuple):
     new_keys: list["SeriesKey"]
     new_tenants: Counter[str]
     skipped: int  # rows dropped because their new series were over the limit
+    segments: Sequence["Segment"] = ()  # to remember once committed (`Segments`)
+
+
+Prefix = tuple[object, ...]  # a run's tenant, tool, session and source
+Run = tuple[Prefix, pa.Array, pa.Array]  # rows of one source, as a scrape gives them
+Segment = tuple[Prefix, pa.Array, pa.Array, np.ndarray]  # a run and its rows' series ids
+_PREFIX = KEY_COLUMNS[:4]
+_NO_SERIES = pa.Table.from_pylist([], schema=SERIES_KEYS_SCHEMA)
+SEGMENT_ROWS = 1_000  # tables at least this long look in the segment cache
+MAX_SEGMENTS = 100_000
+MIN_RUN = 4  # rows per run, on average, for a table to be taken as runs
+
+
+class Segments:
+    """The series ids of each source's last run of rows: a tick whose source exposes the
+    same names and labels in the same order as last time (the usual case) takes its ids
+    from here, compared per column (Arrow), with no key built or looked up per series,
+    as Prometheus's scrape cache does. Only committed runs are remembered."""
+
+    def __init__(self) -> None:
+        self._runs: dict[Prefix, tuple[pa.Array, pa.Array, np.ndarray]] = {}
+
+    def clear(self) -> None:
+        self._runs.clear()
+
+    def remember(self, segments: Sequence[Segment]) -> None:
+        if len(self._runs) + len(segments) > MAX_SEGMENTS:
+            self._runs.clear()
+        for prefix, metric, labels, ids in segments:
+            # Copies: a slice would keep its whole tick's columns alive.
+            self._runs[prefix] = (pa.concat_arrays([metric]), pa.concat_arrays([labels]), ids)
+
+    def lookup(self, table: pa.Table) -> tuple[np.ndarray, list[tuple[Run, int, int]]] | None:
+        """Each row's id where its run is remembered unchanged (-1 elsewhere), and the
+        runs that are not, with their rows; None when the rows are not in runs of one
+        source."""
+        n = table.num_rows
+        codes = [_codes(table.column(name)) for name in _PREFIX]
+        change = np.zeros(n, bool)
+        change[0] = True
+        for column in codes:
+            change[1:] |= column[1:] != column[:-1]
+        starts = np.flatnonzero(change)
+        if len(starts) * MIN_RUN > n:  # runs this short are not a scrape's
+            return None
+        ends = np.append(starts[1:], n)
+        values = [_values(table.column(name)) for name in _PREFIX]
+        metric = _plain(table.column("metric"))
+        labels = _plain(table.column("labels"))
+        ids = np.full(n, -1, np.int64)
+        missed: list[tuple[Run, int, int]] = []
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            prefix = tuple(v[int(c[start])] for v, c in zip(values, codes, strict=True))
+            names, pairs = metric.slice(start, end - start), labels.slice(start, end - start)
+            run = self._runs.get(prefix)
+            if run is not None and run[0].equals(names) and run[1].equals(pairs):
+                ids[start:end] = run[2]
+            else:
+                missed.append(((prefix, names, pairs), start, end))
+        return ids, missed
+
+
+def _values(column: pa.ChunkedArray) -> list[object]:
+    """The values `_codes` numbers (NULL last)."""
+    array = column.combine_chunks()
+    if not pa.types.is_dictionary(array.type) or array.dictionary.null_count:
+        array = pc.dictionary_encode(
+            array.dictionary_decode() if pa.types.is_dictionary(array.type) else array,
+            null_encoding="encode",
+        )
+    return [*array.dictionary.to_pylist(), None]
+
+
+def _plain(column: pa.ChunkedArray) -> pa.Array:
+    array = column.combine_chunks()
+    return array.dictionary_decode() if pa.types.is_dictionary(array.type) else array
 
 
 SeriesKey = str  # the KEY_COLUMNS values of one series, joined (see `series_keys`)
@@ -131,11 +207,16 @@ def _group_exactly(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 class SeriesIndex:
     """Series key → id for every stored series, with per-tenant counts."""
 
-    def __init__(self, max_per_tenant: int = DEFAULT_MAX_SERIES_PER_TENANT) -> None:
+    def __init__(
+        self, max_per_tenant: int = DEFAULT_MAX_SERIES_PER_TENANT, segment_rows: int = SEGMENT_ROWS
+    ) -> None:
         self.max_per_tenant = max_per_tenant
+        self._segment_rows = segment_rows  # tables at least this long use `Segments`
         self._ids: dict[SeriesKey, int] = {}
         self._per_tenant: Counter[str] = Counter()
         self._next = 1
+        self._segments = Segments()
+        self.cached_rows = 0  # rows whose ids came from `Segments`, since start
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -144,6 +225,7 @@ class SeriesIndex:
         """Read every stored series (at the writer's start)."""
         self._ids.clear()
         self._per_tenant.clear()
+        self._segments.clear()
         top = 0
         for sid, tenant, tool, session, source, metric, labels in con.execute(_LOAD).fetchall():
             labels_json = to_json(tuple(sorted(labels.items())))
@@ -164,6 +246,30 @@ class SeriesIndex:
         Over a tenant's limit: TooManySeries, or with `drop_over_limit` (a scrape) those
         rows are left out and counted. `before`: batches resolved earlier in the same
         transaction, not yet confirmed (their new series are known to this one)."""
+        looked = (
+            None if before or table.num_rows < self._segment_rows else self._segments.lookup(table)
+        )
+        if looked is None:
+            return self._resolve(table, drop_over_limit, before)
+        ids, missed = looked
+        self.cached_rows += int((ids >= 0).sum())
+        if not missed:
+            return Resolved(pa.array(ids), None, _NO_SERIES, [], Counter(), 0)
+        miss = ids < 0
+        rest = self._resolve(table.filter(pa.array(miss)), drop_over_limit, ())
+        if rest.keep is None:
+            ids[miss] = rest.ids.to_numpy()
+        else:
+            ids[np.flatnonzero(miss)[rest.keep]] = rest.ids.to_numpy()
+        keep = None if rest.keep is None else ids >= 0
+        segments = [(*run, ids[start:end].copy()) for run, start, end in missed
+                    if (ids[start:end] >= 0).all()]  # fmt: skip
+        kept = ids if keep is None else ids[keep]
+        return rest._replace(ids=pa.array(kept), keep=keep, segments=segments)
+
+    def _resolve(
+        self, table: pa.Table, drop_over_limit: bool, before: Sequence[Resolved]
+    ) -> Resolved:
         n = table.num_rows
         if n == 0:
             empty = pa.Table.from_pylist([], schema=SERIES_KEYS_SCHEMA)
@@ -238,7 +344,8 @@ class SeriesIndex:
         )
 
     def confirm(self, resolved: Resolved) -> None:
-        """The series of `resolved` are committed: remember them."""
+        """The series of `resolved` are committed: remember them (and its runs)."""
+        self._segments.remember(resolved.segments)
         for key, sid in zip(resolved.new_keys, resolved.new.column("id").to_pylist(), strict=True):
             self._ids[key] = sid
         self._per_tenant.update(resolved.new_tenants)

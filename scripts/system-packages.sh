@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the browser and JavaScript tests need from the system: Chromium (Playwright drives
 # it; no browser download) and Node.js (its built-in test runner); with `bench`, what the
-# benchmarks need: wrk (the load generator of the push benchmark). Installs what is
+# benchmarks need: wrk (the load generator of the push benchmark) and Prometheus (beside
+# the scrape benchmark). Installs what is
 # missing with apt-get, as root or through sudo; anything else is one clear error.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ chromium="${OMNIMETRICS_CHROMIUM:-/usr/bin/chromium}"
 missing=()
 if [ "${1:-}" = "bench" ]; then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 else
     [ -x "$chromium" ] || missing+=(chromium)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
