@@ -161,12 +161,20 @@ class PrometheusParser:
                 if typed is not None:
                     types.setdefault(typed.group(1), typed.group(2).lower())
                 continue
-            head, value_text, stamp = _split(line.strip(), number)
-            series = remembered.get(head)
+            # The usual line, `<remembered series text> <value>`, needs no splitting: a
+            # remembered text never holds the value part, so a hit is what _split gives.
+            head, space, value_text = line.rpartition(" ")
+            series = (
+                remembered.get(head) if space and value_text and "\t" not in value_text else None
+            )
+            stamp = None
             if series is None:
-                series = _series(head, number)
-                if len(remembered) < MAX_REMEMBERED:
-                    remembered[head] = series
+                head, value_text, stamp = _split(line.strip(), number)
+                series = remembered.get(head)
+                if series is None:
+                    series = _series(head, number)
+                    if len(remembered) < MAX_REMEMBERED:
+                        remembered[head] = series
             try:
                 if "_" in value_text:  # Python's float takes 1_000; the format does not
                     raise ValueError

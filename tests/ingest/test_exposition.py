@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -294,3 +296,29 @@ def test_a_label_filter_and_group_by_over_an_exporter_with_restarts(tmp_path: Pa
     # 200: +4, then the restart counts its 2, then +4; 500: 0, the restart's 0, then +4.
     assert totals == {"200": 10, "500": 4}
     assert body["total"] == 14
+
+
+HEADS = ["m", "m_total", 'h_bucket{le="1"}', 'x{a="v 1",b="2"}', 'x{a="v\\"q"}']
+TAILS = [" 1", " 2.5", " -3", " +Inf", " NaN", " 1 1700000000000", "\t4", " 5\t6", "  7", " ",
+         " 1 2 3", " 1_000", " x", " 8 ", ""]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.tuples(st.sampled_from(HEADS), st.sampled_from(TAILS)), max_size=8),
+       prefix=st.sampled_from(["", " ", "# TYPE m counter\n"]))  # fmt: skip
+def test_a_remembering_parser_reads_any_text_as_a_fresh_one_does(
+    lines: list[tuple[str, str]], prefix: str
+) -> None:
+    """After a scrape that taught it every series text, the remembering parser gives the
+    same samples, or the same error, as a parser that remembers nothing."""
+    parser = PrometheusParser()
+    parser.parse("\n".join(f"{head} 0" for head in HEADS).encode())
+    body = (prefix + "\n".join(head + tail for head, tail in lines)).encode()
+
+    def outcome(p: PrometheusParser) -> object:
+        try:
+            return p.parse(body).rows()
+        except ParseError as exc:
+            return str(exc)
+
+    assert outcome(parser) == outcome(PrometheusParser())
