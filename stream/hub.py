@@ -41,18 +41,22 @@ class Client:
     the message is then queued as usual.
 
     Paced (its tenant's `max_events_per_minute`): `metrics` messages are sent at that rate
-    on average, from a bucket of a few seconds' worth; one that may not go yet absorbs
-    the next ones (latest values, summed deltas, the last cursor), so nothing is skipped,
-    only combined. Other messages are never held back.
+    on average, from a bucket of a few seconds' worth. While none may go, a new one is
+    merged into the newest queued one where it stands (latest values, summed deltas, its
+    cursor), so nothing is skipped, only combined, and messages still leave in seq order:
+    every cursor sent is the last batch of what the client has then received. Other
+    messages are never held back.
     """
 
     __slots__ = (
         "filter", "start_seq", "sent_seq", "budget", "overflowed", "shutdown", "too_big",
         "refused", "rate", "burst", "direct", "_tokens", "_stamp", "_ended", "_queue",
-        "_bytes", "_waiter",
+        "_bytes", "_waiter", "_clock",
     )  # fmt: skip
 
-    def __init__(self, flt: Filter, start_seq: int, budget: int) -> None:
+    def __init__(
+        self, flt: Filter, start_seq: int, budget: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.filter = flt
         self.start_seq = start_seq  # the hub's position when it joined: live starts after
         self.sent_seq = start_seq
@@ -70,6 +74,7 @@ class Client:
         self._queue: deque[Outgoing] = deque()
         self._bytes = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._clock = clock
 
     def pace(self, per_minute: float) -> None:
         """Send at most `per_minute` metrics messages a minute on average (0: no limit)."""
@@ -117,28 +122,35 @@ class Client:
             if self._write_now(direct, item):
                 return True
         if self.rate > 0 and item.type == "metrics":
-            held = self._held_metrics()  # usually none: the queue is empty
-            if held is not None and not self._has_token(time.monotonic()):
-                # One waits for its turn: it absorbs this one.
+            held = self._newest_metrics()  # usually none: the queue is empty
+            if held is not None and not self._has_token(self._clock()):
+                # The newest waiting one absorbs this one, where it stands in the queue.
                 old = self._queue[held]
-                item = Outgoing("metrics", merge_metrics([old.text, item.text]), item.seq)
-                del self._queue[held]
-                self._bytes -= len(old.text)
+                merged = Outgoing("metrics", merge_metrics([old.text, item.text]), item.seq)
+                grown = len(merged.text) - len(old.text)
+                if self._bytes + grown > self.budget:
+                    return self._overflow()
+                self._queue[held] = merged
+                self._bytes += grown
+                return False
         size = len(item.text)
         if self._bytes + size > self.budget:
-            self._queue.clear()
-            self._bytes = 0
-            self.overflowed = True
-            self.end()
-            return False
+            return self._overflow()
         self._queue.append(item)
         self._bytes += size
         self._wake()
         return False
 
+    def _overflow(self) -> bool:
+        self._queue.clear()
+        self._bytes = 0
+        self.overflowed = True
+        self.end()
+        return False
+
     def _write_now(self, direct: Callable[[str], bool], item: Outgoing) -> bool:
         if self.rate > 0 and item.type == "metrics":
-            now = time.monotonic()
+            now = self._clock()
             if not self._has_token(now) or not direct(item.text):
                 return False
             self._token_wait(now)  # takes the token
@@ -148,9 +160,9 @@ class Client:
             self.sent_seq = item.seq
         return True
 
-    def _held_metrics(self) -> int | None:
-        for i, queued in enumerate(self._queue):
-            if queued.type == "metrics":
+    def _newest_metrics(self) -> int | None:
+        for i in range(len(self._queue) - 1, -1, -1):
+            if self._queue[i].type == "metrics":
                 return i
         return None
 
@@ -173,22 +185,28 @@ class Client:
         while True:
             if self._ended:
                 return None
-            if not self._queue:
-                await self._sleep(None)
-                continue
-            index = 0
-            if self.rate > 0 and self._queue[0].type == "metrics":
-                wait = self._token_wait(time.monotonic())
-                if wait > 0:
-                    others = [i for i, q in enumerate(self._queue) if q.type != "metrics"]
-                    if not others:
-                        await self._sleep(wait)
-                        continue
-                    index = others[0]  # not held back behind a paced metrics message
-            item = self._queue[index]
-            del self._queue[index]
-            self._bytes -= len(item.text)
-            return item
+            item = self.poll()
+            if isinstance(item, Outgoing):
+                return item
+            await self._sleep(item)
+
+    def poll(self) -> Outgoing | float | None:
+        """The next message if one may go now; else the seconds until one may (paced),
+        or None when the queue is empty."""
+        if not self._queue:
+            return None
+        index = 0
+        if self.rate > 0 and self._queue[0].type == "metrics":
+            wait = self._token_wait(self._clock())
+            if wait > 0:
+                others = [i for i, q in enumerate(self._queue) if q.type != "metrics"]
+                if not others:
+                    return wait
+                index = others[0]  # not held back behind a paced metrics message
+        item = self._queue[index]
+        del self._queue[index]
+        self._bytes -= len(item.text)
+        return item
 
     async def _sleep(self, seconds: float | None) -> None:
         loop = asyncio.get_running_loop()
