@@ -5,7 +5,8 @@ measured in the same run.
   a bare FastAPI route on the same server stack that parses the same JSON and answers 202.
 - Bulk pushes: `{"events": [10,000 events]}` and one event with 5,000 metrics, samples per
   second from sending to the 202 (after the commit), against the writer's bare Arrow
-  insert of the same number of rows (narrow points, series already known).
+  insert of the same number of rows (narrow points, series already known), and beside
+  the time it takes only to decode the same JSON body with the fastest decoders there are.
 """
 
 import asyncio
@@ -17,9 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -167,6 +170,25 @@ def bulk_pushes(tmp: Path) -> None:
             f"ratio to the writer's bare insert {rate / floor:.2f} (target >= 0.5)"
         )
     print(f"  the writer's bare Arrow insert of 10,000 rows of known series: {floor:,.0f} rows/s")
+    body = _events(10_000, 1, 0)
+    for name, decode in (
+        ("orjson.loads", orjson.loads),
+        ("msgspec, no types", msgspec.json.decode),
+    ):
+        took = _median_seconds(lambda decode=decode: decode(body))
+        print(
+            f"  decoding the 10,000-event body alone ({name}): {took * 1e3:.1f} ms, "
+            f"{10_000 / took:,.0f} events/s before anything is checked or stored"
+        )
+
+
+def _median_seconds(fn: Callable[[], object], rounds: int = 11) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[rounds // 2]
 
 
 async def _writer_floor(tmp: Path) -> float:
