@@ -40,6 +40,7 @@ from schemas.tenants import (
 )
 from schemas.times import utcnow
 from stream.hub import Hub, StreamLimits
+from stream.replay import ReplayGate
 from stream.routes import router as stream_router
 from stream.tail import Tail
 from stream.ws import PATH as WS_PATH
@@ -213,9 +214,10 @@ def create_app(
             # walks it and stalls the event loop for tens of milliseconds.
             gc.freeze()
             stack.callback(gc.unfreeze)
+            replay = ReplayGate(settings.max_replay_reads, settings.max_replaying_clients)
             yield {"db": db, "writer": writer, "collector": collector, "signal": signal,
                    "jobs": jobs, "hub": hub, "tenants": tenants, "ingest_budget": budget,
-                   "max_body_bytes": settings.max_body_bytes}  # fmt: skip
+                   "max_body_bytes": settings.max_body_bytes, "replay": replay}  # fmt: skip
 
     app = FastAPI(
         title="omnimetrics",

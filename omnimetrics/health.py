@@ -13,6 +13,7 @@ from schemas.http import JSONResponse
 from schemas.models import NoParams
 from schemas.times import rfc3339, utcnow
 from stream.hub import Hub
+from stream.replay import ReplayGate
 
 router = APIRouter()
 
@@ -24,6 +25,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
     collector = cast(Collector, request.state.collector)
     hub = cast(Hub, request.state.hub)
     jobs = cast(CollectionJobs, request.state.jobs)
+    replay = cast(ReplayGate, request.state.replay)
     sources: dict[str, dict[str, Any]] = {}
     degraded = writer.last_error is not None
     for source in collector.sources:
@@ -71,6 +73,10 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 "queued_bytes": hub.queued_bytes(),
                 "fanout_ms": _p50_max(hub.fanout_ms),
                 "commit_to_sent_ms": _p50_max(hub.commit_to_sent_ms),
+                "catching_up": replay.replaying,
+                "catch_up_reads": replay.reading,
+                "catch_up_pages": replay.pages,
+                "catch_up_refused": replay.refused,
             },
             "time": rfc3339(utcnow()),
         }

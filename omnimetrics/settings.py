@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     max_streams: Annotated[int, Field(ge=1)] = 10_000
     max_streams_per_tenant: Annotated[int, Field(ge=1)] = 5_000
     new_streams_per_second: Annotated[float, Field(gt=0)] = 500.0
+    # Catch-up (stream/replay.py): clients catching up at once (more are told to retry),
+    # and catch-up page reads at once.
+    max_replaying_clients: Annotated[int, Field(ge=0)] = 1_000
+    max_replay_reads: Annotated[int, Field(ge=1, le=64)] = 2
     max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 10 * 1024 * 1024
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     max_ingest_events_per_minute: Annotated[int, Field(ge=1)] = 1_000_000

@@ -18,7 +18,8 @@ from schemas.http import error_response
 from schemas.models import MAX_CURSOR_CHARS, StreamParams
 from stream.encode import Filter, Outgoing, control
 from stream.hub import Hub, settings_tenant
-from stream.session import catch_up, error, open_session
+from stream.replay import ReplayGate, Ticket
+from stream.session import catch_up, error, open_session, resumes
 
 SSE_RETRY_MS = 3000
 
@@ -47,8 +48,16 @@ async def sse_metrics(request: Request, params: Annotated[StreamParams, Query()]
         return error_response(
             422, f"Last-Event-ID: at most {MAX_CURSOR_CHARS} characters (a cursor is epoch:seq)"
         )
+    gate = cast(ReplayGate, request.state.replay)
+    ticket: Ticket | None = None
+    if resumes(hub, since):
+        entered = gate.enter()
+        if not isinstance(entered, Ticket):
+            reason = f"too many clients catching up (limit {gate.max_clients}); retry later"
+            return error_response(503, reason, None, **{"Retry-After": str(entered)})
+        ticket = entered
     return StreamingResponse(
-        _sse_events(db, hub, flt, since),
+        _sse_events(db, hub, gate, ticket, flt, since),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -60,15 +69,25 @@ def _frame(item: Outgoing, epoch: str) -> bytes:
 
 
 async def _sse_events(
-    db: Database, hub: Hub, flt: Filter, since: str | None
+    db: Database,
+    hub: Hub,
+    gate: ReplayGate,
+    ticket: Ticket | None,
+    flt: Filter,
+    since: str | None,
 ) -> AsyncIterator[bytes]:
-    session = await open_session(db, hub, flt, since, "SSE connection established")
+    try:
+        session = await open_session(db, hub, flt, since, "SSE connection established")
+    except BaseException:
+        if ticket is not None:
+            ticket.leave()
+        raise
     client = session.client
     try:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         yield _frame(session.connected, hub.epoch)
         if session.resume_after is not None:
-            async for item in catch_up(db, hub, client, session.resume_after):
+            async for item in catch_up(db, hub, client, session.resume_after, gate, ticket):
                 yield _frame(item, hub.epoch)
                 if item.seq is not None:
                     client.sent_seq = item.seq
@@ -94,4 +113,6 @@ async def _sse_events(
             )
             yield _frame(gap, hub.epoch)
     finally:
+        if ticket is not None:
+            ticket.leave()
         hub.remove(client)

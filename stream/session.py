@@ -10,6 +10,7 @@ from stream.batches import page_end, read_batches
 from stream.cursor import BadCursor, parse_cursor
 from stream.encode import Filter, Outgoing, control, encode_batch
 from stream.hub import Client, Hub, settings_tenant
+from stream.replay import ReplayGate, Ticket
 
 
 @dataclass
@@ -61,16 +62,35 @@ async def _greet(
     )
 
 
-async def catch_up(db: Database, hub: Hub, client: Client, after: int) -> AsyncIterator[Outgoing]:
-    """Every batch in (after, the client's start], from DuckDB in pages, for its filter."""
+def resumes(hub: Hub, since: str | None) -> bool:
+    """Whether a client with this cursor has batches to catch up on (a bad cursor: no,
+    it goes live and is told why)."""
+    if not since:
+        return False
+    try:
+        return parse_cursor(since, hub.epoch, hub.position) < hub.position
+    except BadCursor:
+        return False
+
+
+async def catch_up(
+    db: Database, hub: Hub, client: Client, after: int, gate: ReplayGate, ticket: Ticket | None
+) -> AsyncIterator[Outgoing]:
+    """Every batch in (after, the client's start], from DuckDB in pages, for its filter;
+    each page read in one of the gate's slots. The client leaves the gate when done."""
     position = after
-    while position < client.start_seq:
-        end = await db.read(partial(page_end, after=position, head=client.start_seq))
-        batches = await db.read(partial(read_batches, after=position, upto=end))
-        for batch in batches:
-            for item in encode_batch(batch, client.filter, hub.epoch):
-                yield item
-        position = end
+    try:
+        while position < client.start_seq:
+            async with gate.read():
+                end = await db.read(partial(page_end, after=position, head=client.start_seq))
+                batches = await db.read(partial(read_batches, after=position, upto=end))
+            for batch in batches:
+                for item in encode_batch(batch, client.filter, hub.epoch):
+                    yield item
+            position = end
+    finally:
+        if ticket is not None:
+            ticket.leave()
 
 
 def error(text: str) -> Outgoing:

@@ -22,7 +22,8 @@ from schemas.messages import ClientMessage, Ping
 from schemas.models import StreamParams
 from stream.encode import Filter, control
 from stream.hub import Client, Hub, settings_tenant
-from stream.session import Session, catch_up, error, open_session
+from stream.replay import ReplayGate, Ticket
+from stream.session import Session, catch_up, error, open_session, resumes
 
 Scope = dict[str, Any]
 Receive = Any
@@ -64,14 +65,31 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": TRY_AGAIN_LATER,
                     "reason": f"{reason} (retry after {retry} s)"})  # fmt: skip
         return
+    gate: ReplayGate = scope["state"]["replay"]
+    ticket: Ticket | None = None
+    if resumes(hub, params.since):
+        entered = gate.enter()
+        if not isinstance(entered, Ticket):
+            reason = f"too many clients catching up (limit {gate.max_clients})"
+            await send({"type": "websocket.close", "code": TRY_AGAIN_LATER,
+                        "reason": f"{reason}; retry after {entered} s"})  # fmt: skip
+            return
+        ticket = entered
     principal: Principal | None = scope["state"].get("principal")
-    session = await open_session(db, hub, flt, params.since, "WebSocket connection established")
+    try:
+        session = await open_session(db, hub, flt, params.since, "WebSocket connection established")
+    except BaseException:
+        if ticket is not None:
+            ticket.leave()
+        raise
     client = session.client
     client.direct = (scope.get("extensions") or {}).get(SEND_TEXT_NOW, {}).get("send")
-    sender = asyncio.create_task(_send_all(send, db, hub, session))
+    sender = asyncio.create_task(_send_all(send, db, hub, gate, ticket, session))
     try:
         await _receive_all(receive, hub, client, principal)
     finally:
+        if ticket is not None:
+            ticket.leave()
         client.end()
         hub.remove(client)
         try:
@@ -80,12 +98,14 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
             pass  # blocked on a peer that stopped reading; the server reaps the socket
 
 
-async def _send_all(send: Send, db: Database, hub: Hub, session: Session) -> None:
+async def _send_all(
+    send: Send, db: Database, hub: Hub, gate: ReplayGate, ticket: Ticket | None, session: Session
+) -> None:
     client = session.client
     try:
         await send({"type": "websocket.send", "text": session.connected.text})
         if session.resume_after is not None:
-            async for item in catch_up(db, hub, client, session.resume_after):
+            async for item in catch_up(db, hub, client, session.resume_after, gate, ticket):
                 await send({"type": "websocket.send", "text": item.text})
                 if item.seq is not None:
                     client.sent_seq = item.seq
