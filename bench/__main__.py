@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from bench import history, ingest, latest, push, scrape, stream
+from bench import catchup, history, ingest, latest, push, scrape, stream
 
 
 def main() -> int:
@@ -17,6 +17,8 @@ def main() -> int:
         scrape.run()
     if only in (None, "stream"):
         stream.run()
+    if only in (None, "catchup"):
+        catchup.run()
     if only in (None, "history"):
         history.run()
     if only in (None, "latest"):

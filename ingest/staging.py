@@ -18,7 +18,7 @@ from schemas.rows import SampleRow, ScrapeRow, to_arrow
 from schemas.series_migration import SERIES_KEYS_SCHEMA
 
 # Tables are constants: the only identifiers the writer ever puts into SQL. Arrow tables
-# are inserted by position (`insert_into`), so each is built in its table's column order.
+# are inserted by position (`SELECT *`), so each is built in its table's column order.
 POINTS_COLUMNS = ("seq", "batch", "ts", "series_id", "kind", "value")
 _INSERT_SERIES = "INSERT INTO series_keys SELECT * FROM incoming"
 _INSERT_POINTS = "INSERT INTO points SELECT * FROM incoming"
@@ -150,16 +150,7 @@ def stage_known(
     for events in requests:
         if isinstance(events, Pushed):
             return None  # columns take the column path
-        rows: list[SampleRow] = []
-        mine: list[EventKey] = []
-        for key, event_rows in events:
-            if key is not None:
-                if key in claimed:
-                    continue
-                claimed.add(key)
-                mine.append(key)
-            rows.extend(event_rows)
-        rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
+        rows, mine = _unclaimed_rows(events, claimed)
         ids = [series_id(row) for row in rows]
         if None in ids:
             return None
@@ -211,20 +202,29 @@ def tables_of(
         if isinstance(request, Pushed):
             table, mine = _unclaimed(request, claimed)
         else:
-            rows: list[SampleRow] = []
-            mine = []
-            for key, event_rows in request:
-                if key is not None:
-                    if key in claimed:
-                        continue
-                    claimed.add(key)
-                    mine.append(key)
-                rows.extend(event_rows)
-            rows.sort(key=lambda row: row.ts)  # time order lets DuckDB's zone maps skip
+            rows, mine = _unclaimed_rows(request, claimed)
             table = to_arrow(rows)
         tables.append(table)
         keys_of.append(mine)
     return tables, keys_of
+
+
+def _unclaimed_rows(
+    events: Events, claimed: set[EventKey]
+) -> tuple[list[SampleRow], list[EventKey]]:
+    """The rows of events whose ids are not `claimed` (which this adds to), in time order
+    (which lets DuckDB's zone maps skip), and the ids this request claims."""
+    rows: list[SampleRow] = []
+    mine: list[EventKey] = []
+    for key, event_rows in events:
+        if key is not None:
+            if key in claimed:
+                continue
+            claimed.add(key)
+            mine.append(key)
+        rows.extend(event_rows)
+    rows.sort(key=lambda row: row.ts)
+    return rows, mine
 
 
 def _unclaimed(request: Pushed, claimed: set[EventKey]) -> tuple[pa.Table, list[EventKey]]:

@@ -160,11 +160,13 @@ class Writer:
     def _write_events(self, events: Request) -> Commit | None:
         """One request alone, in its own transaction."""
         con = self._connection()
-        (result,) = self._stage_group(con, [events])
-        if isinstance(result, TooManySeries):
-            raise result
         try:
+            (result,) = self._stage_group(con, [events])
+            if isinstance(result, TooManySeries):
+                raise result
             insert(con, [result] if result is not None else [])
+        except TooManySeries:
+            raise  # the request's own fault: the writer is fine
         except Exception as exc:
             self._failed(exc)
             raise
