@@ -5,11 +5,14 @@ it gets on catching up are the same messages.
 """
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from schemas.db import arrow
 from schemas.labels import Labels
 
 # Counter deltas need each series' previous sample; a live series has one within minutes.
@@ -32,11 +35,6 @@ class Row(NamedTuple):
     kind: str
     value: float
     delta: float | None
-
-
-def _row(r: tuple[Any, ...]) -> Row:
-    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], labels_of(r[9]), r[10],
-               r[11], r[12])  # fmt: skip
 
 
 def labels_of(stored: dict[str, str] | None) -> Labels:
@@ -79,8 +77,11 @@ _BATCH_OF = "SELECT batch FROM points WHERE seq = $seq"
 _BATCH_END = "SELECT max(seq) FROM points WHERE batch = $batch AND seq >= $seq"
 
 
-def read_batches(cur: duckdb.DuckDBPyConnection, after: int, upto: int) -> list[Batch]:
-    """Every batch with rows in seq (after, upto], which must end on a batch boundary."""
+def read_batches(
+    cur: duckdb.DuckDBPyConnection, after: int, upto: int, labels: "SeriesLabels | None" = None
+) -> list[Batch]:
+    """Every batch with rows in seq (after, upto], which must end on a batch boundary;
+    `labels` remembers series' labels from one read to the next (`series_labels`)."""
     if upto <= after:
         return []
     lo, hi = cur.execute(_BOUNDS, {"after": after, "upto": upto}).fetchall()[0]
@@ -93,10 +94,53 @@ def read_batches(cur: duckdb.DuckDBPyConnection, after: int, upto: int) -> list[
         "after": after,
         "upto": upto,
     }
-    rows = [_row(r) for r in cur.execute(_ROWS, params).fetchall()]
+    rows = rows_of(arrow(cur, _ROWS, params), labels if labels is not None else {})
     if not rows:
         return []
     return group_batches(rows, read_failures(cur, rows[0].batch, rows[-1].batch))
+
+
+SeriesLabels = dict[int, Labels]  # series id -> its labels, which never change
+_LABELS: dict[str, SeriesLabels] = {}  # per database, by its epoch
+MAX_LABELS = 200_000
+_EPOCH_US = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def series_labels(epoch: str) -> SeriesLabels:
+    """The labels of series read so far from the database of `epoch`, for every catch-up
+    of this process (a series id names one series for the life of its database)."""
+    return _LABELS.setdefault(epoch, {})
+
+
+def rows_of(table: pa.Table, labels: SeriesLabels) -> list[Row]:
+    """`_ROWS`'s answer as rows, read as Arrow and converted per column: times once per
+    distinct time, labels once per series (what costs most per row in `fetchall`)."""
+    if not table.num_rows:
+        return []
+    micros = pc.cast(table.column("ts"), pa.int64()).to_pylist()
+    times = {us: _EPOCH_US + timedelta(microseconds=us) for us in set(micros)}
+    ids = table.column("series_id").to_pylist()
+    missing = [i for i, sid in enumerate(ids) if sid not in labels]
+    if missing:
+        if len(labels) + len(missing) > MAX_LABELS:
+            labels.clear()
+            missing = list(range(len(ids)))
+        firsts = list({ids[i]: i for i in reversed(missing)}.values())
+        stored = table.column("labels").take(pa.array(firsts)).to_pylist()
+        for i, pairs in zip(firsts, stored, strict=True):
+            labels[ids[i]] = labels_of(dict(pairs) if pairs is not None else None)
+    columns = [table.column(name).to_pylist() for name in _PLAIN]
+    return [
+        Row(seq, batch, times[us], sid, tenant, tool, session, source, name, labels[sid], kind,
+            value, delta)
+        for seq, batch, us, sid, tenant, tool, session, source, name, kind, value, delta in zip(
+            columns[0], columns[1], micros, ids, *columns[2:], strict=True
+        )
+    ]  # fmt: skip
+
+
+_PLAIN = ("seq", "batch", "tenant_id", "tool_id", "session_id", "source", "name", "kind",
+          "value", "delta")  # fmt: skip
 
 
 def read_failures(

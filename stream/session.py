@@ -6,7 +6,7 @@ from functools import partial
 
 from schemas.db import Database
 from schemas.times import rfc3339, utcnow
-from stream.batches import page_end, read_batches
+from stream.batches import page_end, read_batches, series_labels
 from stream.cursor import BadCursor, parse_cursor
 from stream.encode import Filter, Outgoing, control, encode_batch
 from stream.hub import Client, Hub, settings_tenant
@@ -79,11 +79,14 @@ async def catch_up(
     """Every batch in (after, the client's start], from DuckDB in pages, for its filter;
     each page read in one of the gate's slots. The client leaves the gate when done."""
     position = after
+    labels = series_labels(hub.epoch)
     try:
         while position < client.start_seq:
             async with gate.read():
                 end = await db.read(partial(page_end, after=position, head=client.start_seq))
-                batches = await db.read(partial(read_batches, after=position, upto=end))
+                batches = await db.read(
+                    partial(read_batches, after=position, upto=end, labels=labels)
+                )
             for batch in batches:
                 for item in encode_batch(batch, client.filter, hub.epoch):
                     yield item

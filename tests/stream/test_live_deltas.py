@@ -4,11 +4,18 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import stream.batches as batches_module
+from ingest.writer import Writer
 from schemas.db import Database
 from schemas.deltas import sample_delta
+from schemas.labels import NO_LABELS, to_json
+from schemas.rows import SampleRow
+from schemas.signals import AppendSignal
+from stream.batches import LOOKBACK, Row, labels_of, read_batches
 from stream.live import SeriesCache, read_live
 from tests.schemas.test_deltas import insert
 
@@ -91,3 +98,36 @@ def test_live_deltas_equal_the_view_as_of_each_read(
                 position = seq
         finally:
             db.close()
+
+
+@pytest.mark.anyio
+async def test_catch_up_rows_read_as_arrow_are_the_rows_fetchall_gives(tmp_path: Path) -> None:
+    """`read_batches` converts per column (times once per time, labels once per series);
+    the rows are exactly those of a row-by-row `fetchall`, twice (the labels then cached)."""
+    db = Database(tmp_path / "arrow.duckdb")
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    labels = [NO_LABELS, to_json((("le", "0.5"),)), to_json((("code", "200"), ("path", "/a")))]
+    for b in range(6):
+        await writer.append([
+            SampleRow(T0 + timedelta(seconds=b * 7 + (i % 2)), "acme" if i % 4 else "local",
+                      "t" if i % 3 else None, "s" if i % 5 == 0 else None, f"src{i % 2}",
+                      f"m{i % 3}", ("counter", "gauge", "delta", "untyped")[i % 4],
+                      float((b * 3 + i) % 7), labels[i % 3])
+            for i in range(12)
+        ])  # fmt: skip
+    last = writer.last_seq
+    await writer.close()
+    cur = db.cursor()
+    lo, hi = cur.execute(batches_module._BOUNDS, {"after": 0, "upto": last}).fetchall()[0]
+    params = {"lo": lo, "hi": hi + timedelta(microseconds=1), "lookback": LOOKBACK,
+              "after": 0, "upto": last}  # fmt: skip
+    want = [Row(*r[:9], labels_of(r[9]), *r[10:])
+            for r in cur.execute(batches_module._ROWS, params).fetchall()]  # fmt: skip
+    labels: dict[int, tuple[tuple[str, str], ...]] = {}
+    for _ in range(2):
+        got = [row for batch in read_batches(cur, 0, last, labels) for row in batch.rows]
+        assert got == want
+        assert [r.ts.utcoffset() for r in got] == [timedelta(0)] * len(got)
+    assert {r.labels for r in got} == {(), (("le", "0.5"),), (("code", "200"), ("path", "/a"))}
+    db.close()
