@@ -82,14 +82,20 @@ class Segments:
         runs that are not, with their rows; None when the rows are not in runs of one
         source."""
         n = table.num_rows
-        codes = [_codes(table.column(name)) for name in _PREFIX]
+        head = _codes(table.column("source").slice(0, 4 * SEGMENT_ROWS))
+        if np.count_nonzero(head[1:] != head[:-1]) * MIN_RUN > len(head):
+            return None  # a push sorted by time, not a tick: decided on its first rows
         change = np.zeros(n, bool)
         change[0] = True
-        for column in codes:
+        codes = []
+        for name in ("source", *(c for c in _PREFIX if c != "source")):  # the likeliest first
+            column = _codes(table.column(name))
             change[1:] |= column[1:] != column[:-1]
+            if np.count_nonzero(change) * MIN_RUN > n:  # runs this short are not a scrape's
+                return None
+            codes.append((name, column))
+        codes.sort(key=lambda named: _PREFIX.index(named[0]))
         starts = np.flatnonzero(change)
-        if len(starts) * MIN_RUN > n:  # runs this short are not a scrape's
-            return None
         ends = np.append(starts[1:], n)
         values = [_values(table.column(name)) for name in _PREFIX]
         metric = _plain(table.column("metric"))
@@ -97,7 +103,7 @@ class Segments:
         ids = np.full(n, -1, np.int64)
         missed: list[tuple[Run, int, int]] = []
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            prefix = tuple(v[int(c[start])] for v, c in zip(values, codes, strict=True))
+            prefix = tuple(v[int(c[start])] for v, (_, c) in zip(values, codes, strict=True))
             names, pairs = metric.slice(start, end - start), labels.slice(start, end - start)
             run = self._runs.get(prefix)
             if run is not None and run[0].equals(names) and run[1].equals(pairs):

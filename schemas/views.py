@@ -37,28 +37,37 @@ SELECT d.seq, d.batch, d.ts, k.tenant_id, k.tool_id, k.session_id, k.source, k.m
 FROM point_deltas d JOIN series_keys k ON k.id = d.series_id;
 
 -- The same rows as `point_deltas` for ts in [t_from, t_to), but filtering inside the
--- window function so DuckDB can skip old row groups. A series' previous sample is looked
--- for within `lookback` before t_from; a series with no sample there (a long gap) falls
--- back to its last sample before that, so the answer is exact, not approximate.
+-- window function so DuckDB can skip old row groups. A series' previous sample is its
+-- latest within `lookback` before t_from (one row per series, an aggregate: the window
+-- then sorts only the range's rows, not the lookback's); a series with no sample there
+-- (a long gap) falls back to its last sample before that, so the answer is exact.
 CREATE OR REPLACE MACRO point_deltas_between(t_from, t_to, lookback := INTERVAL 1 DAY) AS TABLE
-WITH recent AS (
-    SELECT * FROM points
-    WHERE ts >= CAST(t_from AS TIMESTAMPTZ) - lookback AND ts < CAST(t_to AS TIMESTAMPTZ)
+WITH inrange AS (
+    SELECT seq, batch, ts, series_id, kind, value FROM points
+    WHERE ts >= CAST(t_from AS TIMESTAMPTZ) AND ts < CAST(t_to AS TIMESTAMPTZ)
+),
+latest AS (  -- only the last sample before the range can precede a sample in it
+    SELECT unnest(arg_max({{'seq': seq, 'batch': batch, 'ts': ts, 'series_id': series_id,
+                           'kind': kind, 'value': value}}, (ts, seq)))
+    FROM points
+    WHERE ts >= CAST(t_from AS TIMESTAMPTZ) - lookback AND ts < CAST(t_from AS TIMESTAMPTZ)
+    GROUP BY series_id
 ),
 orphans AS (  -- only cumulative kinds look at their previous sample
-    SELECT series_id FROM recent
+    SELECT series_id FROM inrange
     GROUP BY series_id
-    HAVING min(ts) >= CAST(t_from AS TIMESTAMPTZ) AND bool_or(kind IN {CUMULATIVE})
+    HAVING bool_or(kind IN {CUMULATIVE})
+    EXCEPT SELECT series_id FROM latest
 ),
 older AS (
-    SELECT p.* FROM points p
+    SELECT p.seq, p.batch, p.ts, p.series_id, p.kind, p.value FROM points p
     SEMI JOIN orphans o ON p.series_id = o.series_id
     WHERE p.ts < CAST(t_from AS TIMESTAMPTZ) - lookback
     QUALIFY row_number() OVER (PARTITION BY p.series_id ORDER BY p.ts DESC, p.seq DESC) = 1
 ),
 windowed AS (
     SELECT *, lag(value) OVER (PARTITION BY series_id ORDER BY ts, seq) AS prev
-    FROM (SELECT * FROM recent UNION ALL SELECT * FROM older)
+    FROM (SELECT * FROM inrange UNION ALL SELECT * FROM latest UNION ALL SELECT * FROM older)
 )
 SELECT seq, batch, ts, series_id, kind, value, sample_delta(kind, value, prev) AS delta
 FROM windowed

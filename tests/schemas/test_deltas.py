@@ -95,6 +95,20 @@ def test_window_macro_looks_back_past_a_long_gap(db: Database) -> None:
     assert got == [(3, 20.0), (4, 40.0)]
 
 
+def test_window_macro_takes_the_later_of_two_samples_at_one_time_before_the_range(
+    db: Database,
+) -> None:
+    con = db.cursor()
+    rows = counter_rows([10, 20, 25])
+    rows[1] = (*rows[1][:2], rows[0][2], *rows[1][3:])  # seq 2 at the time of seq 1
+    insert(con, rows)
+    got = con.execute(
+        "SELECT seq, delta FROM sample_deltas_between($a, $b, lookback := INTERVAL 1 HOUR)",
+        {"a": T0 + timedelta(seconds=30), "b": T0 + timedelta(days=1)},
+    ).fetchall()
+    assert got == [(3, 5.0)]  # after seq 2 (20), not seq 1 (10)
+
+
 SERIES = st.tuples(
     st.sampled_from(["local", "acme"]),
     st.sampled_from([None, "claude-code", "cursor"]),
@@ -105,7 +119,8 @@ SERIES = st.tuples(
 )
 POINT = st.tuples(
     st.integers(0, 5),  # which series
-    st.sampled_from([0, 0, 1, 30, 600, 7200, 200_000]),  # seconds since the last point
+    # Seconds since the last point; a negative step is a backdated push.
+    st.sampled_from([0, 0, 1, 30, 600, 7200, 200_000, -30, -5000]),
     st.one_of(st.integers(0, 5000), st.just(0)),  # values: drops are resets
 )
 
@@ -120,7 +135,7 @@ def point_rows(series: list[tuple], points: list[tuple]) -> list[tuple]:
     return rows
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     series=st.lists(SERIES, min_size=1, max_size=6, unique_by=lambda s: s[:5]),
     points=st.lists(POINT, min_size=1, max_size=80),
