@@ -120,18 +120,31 @@ def rows_of(table: pa.Table, labels: SeriesLabels) -> list[Row]:
     micros = pc.cast(table.column("ts"), pa.int64()).to_pylist()
     times = {us: _EPOCH_US + timedelta(microseconds=us) for us in set(micros)}
     ids = table.column("series_id").to_pylist()
-    missing = [i for i, sid in enumerate(ids) if sid not in labels]
+    # This page's own map: `labels` is shared by catch-ups reading in other threads, which
+    # may clear it meanwhile.
+    mine: SeriesLabels = {}
+    missing: set[int] = set()
+    for sid in set(ids):
+        known = labels.get(sid)
+        if known is None:
+            missing.add(sid)
+        else:
+            mine[sid] = known
     if missing:
-        if len(labels) + len(missing) > MAX_LABELS:
-            labels.clear()
-            missing = list(range(len(ids)))
-        firsts = list({ids[i]: i for i in reversed(missing)}.values())
+        firsts = [i for i, sid in enumerate(ids) if sid in missing]
+        firsts = list({ids[i]: i for i in reversed(firsts)}.values())
         stored = table.column("labels").take(pa.array(firsts)).to_pylist()
-        for i, pairs in zip(firsts, stored, strict=True):
-            labels[ids[i]] = labels_of(dict(pairs) if pairs is not None else None)
+        found = {
+            ids[i]: labels_of(dict(pairs) if pairs is not None else None)
+            for i, pairs in zip(firsts, stored, strict=True)
+        }
+        mine.update(found)
+        if len(labels) + len(found) > MAX_LABELS:
+            labels.clear()
+        labels.update(found)
     columns = [table.column(name).to_pylist() for name in _PLAIN]
     return [
-        Row(seq, batch, times[us], sid, tenant, tool, session, source, name, labels[sid], kind,
+        Row(seq, batch, times[us], sid, tenant, tool, session, source, name, mine[sid], kind,
             value, delta)
         for seq, batch, us, sid, tenant, tool, session, source, name, kind, value, delta in zip(
             columns[0], columns[1], micros, ids, *columns[2:], strict=True
