@@ -87,10 +87,11 @@ async def _sse_events(
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         yield _frame(session.connected, hub.epoch)
         if session.resume_after is not None:
-            async for item in catch_up(db, hub, client, session.resume_after, gate, ticket):
-                yield _frame(item, hub.epoch)
-                if item.seq is not None:
-                    client.sent_seq = item.seq
+            async for page in catch_up(db, hub, client, session.resume_after, gate, ticket):
+                yield b"".join(_frame(item, hub.epoch) for item in page)  # one write a page
+                seqs = [item.seq for item in page if item.seq is not None]
+                if seqs:
+                    client.sent_seq = seqs[-1]
         while True:
             item_: Outgoing | None = None
             with anyio.move_on_after(hub.keepalive_seconds) as waited:

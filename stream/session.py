@@ -75,9 +75,10 @@ def resumes(hub: Hub, since: str | None) -> bool:
 
 async def catch_up(
     db: Database, hub: Hub, client: Client, after: int, gate: ReplayGate, ticket: Ticket | None
-) -> AsyncIterator[Outgoing]:
-    """Every batch in (after, the client's start], from DuckDB in pages, for its filter;
-    each page read in one of the gate's slots. The client leaves the gate when done."""
+) -> AsyncIterator[list[Outgoing]]:
+    """Every batch in (after, the client's start], from DuckDB in pages, for its filter,
+    a page's messages at a time; each page read in one of the gate's slots. The client
+    leaves the gate when done."""
     position = after
     labels = series_labels(hub.epoch)
     try:
@@ -87,9 +88,11 @@ async def catch_up(
                 batches = await db.read(
                     partial(read_batches, after=position, upto=end, labels=labels)
                 )
-            for batch in batches:
-                for item in encode_batch(batch, client.filter, hub.epoch):
-                    yield item
+            page = [
+                item for batch in batches for item in encode_batch(batch, client.filter, hub.epoch)
+            ]
+            if page:
+                yield page
             position = end
     finally:
         if ticket is not None:

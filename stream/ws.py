@@ -10,6 +10,7 @@ closed, never waited for: code 4008 with the cursor to resume from in the reason
 """
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -83,8 +84,10 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
             ticket.leave()
         raise
     client = session.client
-    client.direct = (scope.get("extensions") or {}).get(SEND_TEXT_NOW, {}).get("send")
-    sender = asyncio.create_task(_send_all(send, db, hub, gate, ticket, session))
+    direct = (scope.get("extensions") or {}).get(SEND_TEXT_NOW, {})
+    client.direct = direct.get("send")
+    send_many = direct.get("send_many")
+    sender = asyncio.create_task(_send_all(send, send_many, db, hub, gate, ticket, session))
     try:
         await _receive_all(receive, hub, client, principal)
     finally:
@@ -99,16 +102,25 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _send_all(
-    send: Send, db: Database, hub: Hub, gate: ReplayGate, ticket: Ticket | None, session: Session
+    send: Send,
+    send_many: Callable[[list[str]], bool] | None,
+    db: Database,
+    hub: Hub,
+    gate: ReplayGate,
+    ticket: Ticket | None,
+    session: Session,
 ) -> None:
     client = session.client
     try:
         await send({"type": "websocket.send", "text": session.connected.text})
         if session.resume_after is not None:
-            async for item in catch_up(db, hub, client, session.resume_after, gate, ticket):
-                await send({"type": "websocket.send", "text": item.text})
-                if item.seq is not None:
-                    client.sent_seq = item.seq
+            async for page in catch_up(db, hub, client, session.resume_after, gate, ticket):
+                if send_many is None or not send_many([item.text for item in page]):
+                    for item in page:
+                        await send({"type": "websocket.send", "text": item.text})
+                seqs = [item.seq for item in page if item.seq is not None]
+                if seqs:
+                    client.sent_seq = seqs[-1]
         while (item_ := await client.next()) is not None:
             await send({"type": "websocket.send", "text": item_.text})
             if item_.seq is not None:
