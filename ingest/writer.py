@@ -162,16 +162,12 @@ class Writer:
         con = self._connection()
         try:
             (result,) = self._stage_group(con, [events])
-            if isinstance(result, TooManySeries):
-                raise result
-            insert(con, [result] if result is not None else [])
-        except TooManySeries:
-            raise  # the request's own fault: the writer is fine
         except Exception as exc:
             self._failed(exc)
             raise
-        self._finish([result] if result is not None else [])
-        return result.commit if result is not None else None
+        if isinstance(result, TooManySeries):
+            raise result  # the request's own fault: the writer is fine
+        return self._commit_one(con, result)
 
     def _stage_group(
         self, con: duckdb.DuckDBPyConnection, requests: Sequence[Request]
@@ -272,13 +268,17 @@ class Writer:
         con = self._connection()
         table = with_labels(table)
         resolved = self.series.resolve(table, drop_over_limit)
-        one = self._prepare(table, scrapes, keys, resolved, [])
+        return self._commit_one(con, self._prepare(table, scrapes, keys, resolved, []))
+
+    def _commit_one(self, con: duckdb.DuckDBPyConnection, one: Staged | None) -> Commit | None:
+        """Insert one batch in a transaction of its own, then announce it."""
+        staged = [one] if one is not None else []
         try:
-            insert(con, [one] if one is not None else [])
+            insert(con, staged)
         except Exception as exc:
             self._failed(exc)
             raise
-        self._finish([one] if one is not None else [])
+        self._finish(staged)
         return one.commit if one is not None else None
 
     def _prepare(
