@@ -19,7 +19,7 @@ from schemas.models import MAX_CURSOR_CHARS, StreamParams
 from stream.encode import Filter, Outgoing, control
 from stream.hub import Hub, settings_tenant
 from stream.replay import ReplayGate, Ticket
-from stream.session import catch_up, error, open_session, resumes
+from stream.session import catch_up, enter_catch_up, error, open_session, sent
 
 SSE_RETRY_MS = 3000
 
@@ -49,13 +49,10 @@ async def sse_metrics(request: Request, params: Annotated[StreamParams, Query()]
             422, f"Last-Event-ID: at most {MAX_CURSOR_CHARS} characters (a cursor is epoch:seq)"
         )
     gate = cast(ReplayGate, request.state.replay)
-    ticket: Ticket | None = None
-    if resumes(hub, since):
-        entered = gate.enter()
-        if not isinstance(entered, Ticket):
-            reason = f"too many clients catching up (limit {gate.max_clients}); retry later"
-            return error_response(503, reason, None, **{"Retry-After": str(entered)})
-        ticket = entered
+    ticket = enter_catch_up(gate, hub, since)
+    if isinstance(ticket, int):
+        reason = f"too many clients catching up (limit {gate.max_clients}); retry later"
+        return error_response(503, reason, None, **{"Retry-After": str(ticket)})
     return StreamingResponse(
         _sse_events(db, hub, gate, ticket, flt, since),
         media_type="text/event-stream",
@@ -76,22 +73,15 @@ async def _sse_events(
     flt: Filter,
     since: str | None,
 ) -> AsyncIterator[bytes]:
-    try:
-        session = await open_session(db, hub, flt, since, "SSE connection established")
-    except BaseException:
-        if ticket is not None:
-            ticket.leave()
-        raise
+    session = await open_session(db, hub, flt, since, "SSE connection established", ticket)
     client = session.client
     try:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         yield _frame(session.connected, hub.epoch)
         if session.resume_after is not None:
-            async for page in catch_up(db, hub, client, session.resume_after, gate, ticket):
+            async for page in catch_up(db, hub, session, gate):
                 yield b"".join(_frame(item, hub.epoch) for item in page)  # one write a page
-                seqs = [item.seq for item in page if item.seq is not None]
-                if seqs:
-                    client.sent_seq = seqs[-1]
+                sent(client, page)
         while True:
             item_: Outgoing | None = None
             with anyio.move_on_after(hub.keepalive_seconds) as waited:
@@ -114,6 +104,5 @@ async def _sse_events(
             )
             yield _frame(gap, hub.epoch)
     finally:
-        if ticket is not None:
-            ticket.leave()
+        session.leave_catch_up()
         hub.remove(client)

@@ -18,18 +18,38 @@ class Session:
     client: Client
     connected: Outgoing
     resume_after: int | None  # None: live only
+    ticket: Ticket | None = None  # its place among the clients catching up
+
+    def leave_catch_up(self) -> None:
+        if self.ticket is not None:
+            self.ticket.leave()
+
+
+def enter_catch_up(gate: ReplayGate, hub: Hub, since: str | None) -> Ticket | int | None:
+    """A place among the clients catching up for one resuming from `since`; None when it
+    has nothing to catch up on; else the seconds after which to try again."""
+    return gate.enter() if resumes(hub, since) else None
 
 
 async def open_session(
-    db: Database, hub: Hub, flt: Filter, since: str | None, greeting: str
+    db: Database,
+    hub: Hub,
+    flt: Filter,
+    since: str | None,
+    greeting: str,
+    ticket: Ticket | None = None,
 ) -> Session:
     """Join the hub first, then decide the resume point: nothing is missed in between."""
     client = hub.add(flt)
     try:
-        return await _greet(db, hub, client, since, greeting)
+        session = await _greet(db, hub, client, since, greeting)
     except BaseException:
         hub.remove(client)
+        if ticket is not None:
+            ticket.leave()
         raise
+    session.ticket = ticket
+    return session
 
 
 async def _greet(
@@ -74,12 +94,13 @@ def resumes(hub: Hub, since: str | None) -> bool:
 
 
 async def catch_up(
-    db: Database, hub: Hub, client: Client, after: int, gate: ReplayGate, ticket: Ticket | None
+    db: Database, hub: Hub, session: Session, gate: ReplayGate
 ) -> AsyncIterator[list[Outgoing]]:
-    """Every batch in (after, the client's start], from DuckDB in pages, for its filter,
-    a page's messages at a time; each page read in one of the gate's slots. The client
-    leaves the gate when done."""
-    position = after
+    """Every batch after the session's resume point up to the client's start, from DuckDB
+    in pages, for its filter, a page's messages at a time; each page read in one of the
+    gate's slots. The client leaves the gate when done."""
+    client = session.client
+    position = session.resume_after if session.resume_after is not None else client.start_seq
     labels = series_labels(hub.epoch)
     try:
         while position < client.start_seq:
@@ -95,8 +116,15 @@ async def catch_up(
                 yield page
             position = end
     finally:
-        if ticket is not None:
-            ticket.leave()
+        session.leave_catch_up()
+
+
+def sent(client: Client, page: list[Outgoing]) -> None:
+    """`page` is written: the client's cursor is now its last batch."""
+    for item in reversed(page):
+        if item.seq is not None:
+            client.sent_seq = item.seq
+            return
 
 
 def error(text: str) -> Outgoing:

@@ -23,8 +23,8 @@ from schemas.messages import ClientMessage, Ping
 from schemas.models import StreamParams
 from stream.encode import Filter, control
 from stream.hub import Client, Hub, settings_tenant
-from stream.replay import ReplayGate, Ticket
-from stream.session import Session, catch_up, error, open_session, resumes
+from stream.replay import ReplayGate
+from stream.session import Session, catch_up, enter_catch_up, error, open_session, sent
 
 Scope = dict[str, Any]
 Receive = Any
@@ -67,32 +67,25 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
                     "reason": f"{reason} (retry after {retry} s)"})  # fmt: skip
         return
     gate: ReplayGate = scope["state"]["replay"]
-    ticket: Ticket | None = None
-    if resumes(hub, params.since):
-        entered = gate.enter()
-        if not isinstance(entered, Ticket):
-            reason = f"too many clients catching up (limit {gate.max_clients})"
-            await send({"type": "websocket.close", "code": TRY_AGAIN_LATER,
-                        "reason": f"{reason}; retry after {entered} s"})  # fmt: skip
-            return
-        ticket = entered
+    ticket = enter_catch_up(gate, hub, params.since)
+    if isinstance(ticket, int):
+        reason = f"too many clients catching up (limit {gate.max_clients})"
+        await send({"type": "websocket.close", "code": TRY_AGAIN_LATER,
+                    "reason": f"{reason}; retry after {ticket} s"})  # fmt: skip
+        return
     principal: Principal | None = scope["state"].get("principal")
-    try:
-        session = await open_session(db, hub, flt, params.since, "WebSocket connection established")
-    except BaseException:
-        if ticket is not None:
-            ticket.leave()
-        raise
+    session = await open_session(
+        db, hub, flt, params.since, "WebSocket connection established", ticket
+    )
     client = session.client
     direct = (scope.get("extensions") or {}).get(SEND_TEXT_NOW, {})
     client.direct = direct.get("send")
     send_many = direct.get("send_many")
-    sender = asyncio.create_task(_send_all(send, send_many, db, hub, gate, ticket, session))
+    sender = asyncio.create_task(_send_all(send, send_many, db, hub, gate, session))
     try:
         await _receive_all(receive, hub, client, principal)
     finally:
-        if ticket is not None:
-            ticket.leave()
+        session.leave_catch_up()
         client.end()
         hub.remove(client)
         try:
@@ -107,20 +100,17 @@ async def _send_all(
     db: Database,
     hub: Hub,
     gate: ReplayGate,
-    ticket: Ticket | None,
     session: Session,
 ) -> None:
     client = session.client
     try:
         await send({"type": "websocket.send", "text": session.connected.text})
         if session.resume_after is not None:
-            async for page in catch_up(db, hub, client, session.resume_after, gate, ticket):
+            async for page in catch_up(db, hub, session, gate):
                 if send_many is None or not send_many([item.text for item in page]):
                     for item in page:
                         await send({"type": "websocket.send", "text": item.text})
-                seqs = [item.seq for item in page if item.seq is not None]
-                if seqs:
-                    client.sent_seq = seqs[-1]
+                sent(client, page)
         while (item_ := await client.next()) is not None:
             await send({"type": "websocket.send", "text": item_.text})
             if item_.seq is not None:
