@@ -75,7 +75,8 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 "commit_to_sent_ms": _p50_max(hub.commit_to_sent_ms),
                 "catching_up": replay.replaying,
                 "catch_up_reads": replay.reading,
-                "catch_up_pages": replay.pages,
+                "catch_up_pages": replay.pages,  # read from the database
+                "catch_up_pages_served": replay.shared.served,  # to clients, shared or not
                 "catch_up_refused": replay.refused,
             },
             "time": rfc3339(utcnow()),

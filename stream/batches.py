@@ -73,8 +73,10 @@ SELECT batch, ts, tenant_id, tool_id, source, error FROM scrapes
 WHERE batch >= $first AND batch <= $last AND NOT up
 ORDER BY batch, source
 """
-_BATCH_OF = "SELECT batch FROM points WHERE seq = $seq"
-_BATCH_END = "SELECT max(seq) FROM points WHERE batch = $batch AND seq >= $seq"
+_BATCH_END = """
+SELECT max(seq) FROM points
+WHERE batch = (SELECT batch FROM points WHERE seq = $seq) AND seq >= $seq
+"""
 
 
 def read_batches(
@@ -193,8 +195,11 @@ def page_end(cur: duckdb.DuckDBPyConnection, after: int, head: int) -> int:
     probe = min(after + PAGE_ROWS, head)
     if probe <= after:
         return after
-    found = cur.execute(_BATCH_OF, {"seq": probe}).fetchall()
-    if not found:
-        return probe
-    (end,) = cur.execute(_BATCH_END, {"batch": found[0][0], "seq": probe}).fetchall()[0]
-    return min(int(end), head) if end is not None else probe
+    return min(batch_end(cur, probe), head)
+
+
+def batch_end(cur: duckdb.DuckDBPyConnection, seq: int) -> int:
+    """The last seq of the committed batch holding `seq`; `seq` itself when none holds it
+    (not committed yet, or between batches)."""
+    (end,) = cur.execute(_BATCH_END, {"seq": seq}).fetchall()[0]
+    return int(end) if end is not None else seq

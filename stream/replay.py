@@ -1,5 +1,6 @@
 """Admission for catch-up: however many clients resume at once, a bounded number of them
-catch up at a time, and only a few catch-up reads run at once.
+catch up at a time, and only a few catch-up reads run at once (each one shared by the
+clients catching up near it: stream/pages.py).
 
 Each page read takes a slot and gives it back, so clients far behind take turns with the
 others page by page, in the order they asked (asyncio's semaphore wakes its waiters first
@@ -12,6 +13,8 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
+
+from stream.pages import SharedPages
 
 DEFAULT_READS = 2  # the database's threads, here
 DEFAULT_CLIENTS = 1_000
@@ -39,7 +42,12 @@ class Ticket:
 
 
 class ReplayGate:
-    def __init__(self, reads: int = DEFAULT_READS, clients: int = DEFAULT_CLIENTS) -> None:
+    def __init__(
+        self,
+        reads: int = DEFAULT_READS,
+        clients: int = DEFAULT_CLIENTS,
+        shared: SharedPages | None = None,
+    ) -> None:
         self.max_reads = reads
         self.max_clients = clients
         self.replaying = 0  # clients catching up now (reading or waiting for a slot)
@@ -47,6 +55,7 @@ class ReplayGate:
         self.refused = 0  # since start
         self.pages = 0  # page reads, since start
         self._slots = asyncio.Semaphore(reads)
+        self.shared = shared or SharedPages()  # pages read once for clients nearby
 
     def enter(self) -> Ticket | int:
         """A place to catch up from, or the seconds after which to try again."""

@@ -10,6 +10,7 @@ from stream.batches import page_end, read_batches, series_labels
 from stream.cursor import BadCursor, parse_cursor
 from stream.encode import Filter, Outgoing, control, encode_batch
 from stream.hub import Client, Hub, settings_tenant
+from stream.pages import Page, read_page
 from stream.replay import ReplayGate, Ticket
 
 
@@ -97,24 +98,35 @@ async def catch_up(
     db: Database, hub: Hub, session: Session, gate: ReplayGate
 ) -> AsyncIterator[list[Outgoing]]:
     """Every batch after the session's resume point up to the client's start, from DuckDB
-    in pages, for its filter, a page's messages at a time; each page read in one of the
-    gate's slots. The client leaves the gate when done."""
+    in pages, for its filter, a page's messages at a time. Pages are shared with the other
+    clients catching up nearby (stream/pages.py); each read takes one of the gate's slots.
+    The client leaves the gate when done."""
     client = session.client
     position = session.resume_after if session.resume_after is not None else client.start_seq
     labels = series_labels(hub.epoch)
+
+    async def read(first: int, last: int, bound: int) -> Page:
+        async with gate.read():
+            return await db.read(
+                partial(read_page, first=first, last=last, bound=bound, labels=labels)
+            )
+
     try:
         while position < client.start_seq:
-            async with gate.read():
-                end = await db.read(partial(page_end, after=position, head=client.start_seq))
-                batches = await db.read(
-                    partial(read_batches, after=position, upto=end, labels=labels)
-                )
-            page = [
-                item for batch in batches for item in encode_batch(batch, client.filter, hub.epoch)
-            ]
-            if page:
-                yield page
-            position = end
+            page = await gate.shared.page(position, hub.position, read)
+            if page is not None:
+                messages = page.messages(client.filter, hub.epoch, position, client.start_seq)
+                end = page.end
+            else:  # a cursor inside a batch: from there to a batch's end, on its own
+                async with gate.read():
+                    end = await db.read(partial(page_end, after=position, head=client.start_seq))
+                    batches = await db.read(
+                        partial(read_batches, after=position, upto=end, labels=labels)
+                    )
+                messages = [m for b in batches for m in encode_batch(b, client.filter, hub.epoch)]
+            if messages:
+                yield messages
+            position = min(end, client.start_seq)
     finally:
         session.leave_catch_up()
 

@@ -115,4 +115,6 @@ async def test_resuming_clients_through_one_read_slot_each_get_every_batch_once(
         for i, seen in got.items():
             assert seen == [s for s in seqs if s > seqs[i % 20]]
         assert health["catching_up"] == 0 and health["catch_up_refused"] == 0
-        assert health["catch_up_pages"] >= 30  # each one's pages went through the gate
+        # 30 clients' pages, served from fewer reads: clients nearby share them
+        assert health["catch_up_pages_served"] >= 30
+        assert 1 <= health["catch_up_pages"] < health["catch_up_pages_served"]

@@ -1,0 +1,119 @@
+"""Shared catch-up: clients resuming from nearby cursors read the store once between them.
+
+Pages lie on a fixed grid of seqs: page k holds the batches after the end of the batch
+that holds seq k·PAGE_ROWS, up to the end of the one that holds seq (k+1)·PAGE_ROWS
+(never past what the stream has dispatched when it is read). Every client whose cursor
+falls in a page takes that page: the first to ask starts its read (a task of its own, so
+a client that leaves does not cancel it for the others), the others wait for the same
+read, and each page is encoded once per filter. A client takes the batches after its
+cursor and up to its own start in the live tail, so it gets every batch once, and the
+tail goes on from there. The few pages read last are kept for the clients that follow
+(a bounded number, so bounded bytes); a cursor inside a batch is served on its own.
+"""
+
+import asyncio
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from stream.batches import PAGE_ROWS, Batch, SeriesLabels, batch_end, read_batches
+from stream.encode import Filter, Outgoing, encode_batch
+
+KEEP_PAGES = 8
+ENCODED_FILTERS = 32  # filters whose messages a page keeps; others are encoded per client
+
+
+@dataclass
+class Page:
+    start: int  # the batches after this seq
+    end: int  # up to and including this one
+    batches: list[Batch]
+    ends: list[int] = field(init=False)  # each batch's last seq
+    _encoded: dict[Filter, list[list[Outgoing]]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ends = [batch.last_seq for batch in self.batches]
+
+    def serves(self, after: int) -> bool:
+        """Whether the batches after `after` are whole batches of this page."""
+        if not self.start <= after < self.end:
+            return False
+        i = bisect_right(self.ends, after)
+        return after == self.start or (i > 0 and self.ends[i - 1] == after)
+
+    def messages(self, flt: Filter, epoch: str, after: int, upto: int) -> list[Outgoing]:
+        """What a client with `flt` is sent for the batches in seq (after, upto]."""
+        lo, hi = bisect_right(self.ends, after), bisect_right(self.ends, upto)
+        encoded = self._encoded.get(flt)
+        if encoded is None:
+            if len(self._encoded) >= ENCODED_FILTERS:
+                return [m for b in self.batches[lo:hi] for m in encode_batch(b, flt, epoch)]
+            encoded = self._encoded[flt] = [encode_batch(b, flt, epoch) for b in self.batches]
+        return [message for messages in encoded[lo:hi] for message in messages]
+
+
+def read_page(
+    cur: duckdb.DuckDBPyConnection, first: int, last: int, bound: int, labels: SeriesLabels
+) -> Page:
+    """The page between the ends of the batches holding seqs `first` and `last` (grid
+    points), cut at `bound` (a batch boundary the stream has reached)."""
+    start = batch_end(cur, first)
+    end = min(batch_end(cur, last), bound)
+    if end <= start:
+        return Page(start, max(start, end), [])
+    return Page(start, end, read_batches(cur, start, end, labels))
+
+
+Reader = Callable[[int, int, int], Coroutine[Any, Any, Page]]  # read_page's (first, last, bound)
+
+
+class SharedPages:
+    """The pages being read or read last, by grid cell."""
+
+    def __init__(self, keep: int = KEEP_PAGES, grid: int = PAGE_ROWS) -> None:
+        self._keep = keep
+        self._grid = grid
+        self._pages: OrderedDict[int, asyncio.Task[Page]] = OrderedDict()
+        self.reads = 0  # pages read, since start
+        self.served = 0  # pages served to clients, since start
+
+    async def page(self, after: int, bound: int, read: Reader) -> Page | None:
+        """The page that serves a client at `after` (behind `bound`, the stream's
+        position), read now or shared with others; None when `after` is inside a batch."""
+        cell = after // self._grid
+        while True:
+            task = self._pages.get(cell)
+            if task is None or (task.done() and not _reaches(task, after)):
+                task = self._start(cell, bound, read)
+            else:
+                self._pages.move_to_end(cell)
+            page = await asyncio.shield(task)
+            if page.end > after:  # a later read of this cell would start there too
+                self.served += 1
+                return page if page.serves(after) else None
+            # Read before the stream got this far: read the cell again, up to `bound`.
+            if self._pages.get(cell) is task:
+                del self._pages[cell]
+
+    def _start(self, cell: int, bound: int, read: Reader) -> "asyncio.Task[Page]":
+        task = asyncio.create_task(read(cell * self._grid, (cell + 1) * self._grid, bound))
+        task.add_done_callback(lambda done: self._failed(cell, done))
+        self._pages[cell] = task
+        self.reads += 1
+        # Forget the pages used longest ago, never one still being read (clients wait on it).
+        done = [c for c, t in self._pages.items() if t.done()]
+        for old in done[: max(0, len(self._pages) - self._keep)]:
+            del self._pages[old]
+        return task
+
+    def _failed(self, cell: int, task: "asyncio.Task[Page]") -> None:
+        if (task.cancelled() or task.exception() is not None) and self._pages.get(cell) is task:
+            del self._pages[cell]  # the next client reads it anew
+
+
+def _reaches(task: "asyncio.Task[Page]", after: int) -> bool:
+    return not task.cancelled() and task.exception() is None and task.result().end > after

@@ -1,0 +1,146 @@
+"""Shared catch-up pages: however clients' cursors and starts fall (on a batch's end or
+inside one, across pages and batches longer than a page), each gets exactly the messages
+of one private read of its range, while the store is read far fewer times than pages
+are served."""
+
+import random
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from ingest.writer import Writer
+from schemas.db import Database
+from schemas.rows import SampleRow
+from schemas.signals import AppendSignal
+from stream.batches import read_batches
+from stream.encode import Filter, Outgoing, encode_batch
+from stream.hub import Client, Hub
+from stream.pages import Page, SharedPages, read_page
+from stream.replay import ReplayGate
+from stream.session import Session, catch_up
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+FILTERS = [Filter(), Filter("acme"), Filter(None, "t"), Filter("local", None, "s")]
+
+
+async def _store(db: Database, rng: random.Random) -> list[int]:
+    """Batches of 1-20 rows (the grid below is 7 seqs, so many span pages), counters that
+    reset now and then; the last seq of each batch."""
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    ends = []
+    for b in range(40):
+        await writer.append([
+            SampleRow(T0 + timedelta(seconds=b), rng.choice(["acme", "local"]),
+                      rng.choice(["t", None]), rng.choice(["s", None]), f"src{i % 3}",
+                      f"m{i % 4}", rng.choice(["counter", "gauge"]), float(rng.randint(0, 9)))
+            for i in range(rng.randint(1, 20))
+        ])  # fmt: skip
+        ends.append(writer.last_seq)
+    await writer.close()
+    return ends
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_clients_sharing_pages_get_what_a_read_of_their_own_gives(
+    tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    db = Database(tmp_path / "pages.duckdb")
+    ends = await _store(db, rng)
+    # The stream moves on while they catch up (pages read near its head are cut there),
+    # and each client joins at a batch's end the stream has reached.
+    hub = Hub("e", ends[10])
+    gate = ReplayGate(reads=2, clients=100, shared=SharedPages(keep=4, grid=7))
+    clients: dict[int, tuple[int, int, Filter]] = {}
+
+    async def move_on() -> None:
+        for end in ends[11:]:
+            await anyio.sleep(0.006)
+            hub.position = end
+
+    async def resume(i: int) -> list[Outgoing]:
+        await anyio.sleep(rng.random() / 10)
+        reached = [e for e in ends if e <= hub.position]
+        start = reached[-1] if rng.random() < 0.7 else rng.choice(reached[1:])  # joined earlier
+        # Most on a batch's end near the start (they travel together), some near the
+        # stream's position, some inside a batch.
+        after = rng.choice(
+            [rng.choice(reached[:8])] * 3 + [rng.choice(reached[-4:-1])] + [rng.randrange(start)]
+        )
+        after = min(after, start - 1)
+        flt = rng.choice(FILTERS)
+        clients[i] = (after, start, flt)
+        session = Session(Client(flt, start, 1 << 20), Outgoing("connected", "{}"), after)
+        return [m async for page in catch_up(db, hub, session, gate) for m in page]
+
+    got: dict[int, list[Outgoing]] = {}
+
+    async def client(i: int) -> None:
+        got[i] = await resume(i)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(move_on)
+            for i in range(40):
+                tasks.start_soon(client, i)
+    cur = db.cursor()
+    for i, (after, start, flt) in clients.items():
+        want = [m for b in read_batches(cur, after, start) for m in encode_batch(b, flt, "e")]
+        assert got[i] == want, (after, start, flt)
+    assert gate.shared.reads * 2 < gate.shared.served
+    assert gate.replaying == 0 and gate.reading == 0
+    db.close()
+
+
+async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path: Path) -> None:
+    """Ten batches of three rows (seqs 1-30) on a grid of 10: cell 1 holds the batches
+    after seq 12 up to seq 21 once the stream is past it; a read failure is not kept."""
+    db = Database(tmp_path / "cut.duckdb")
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    for b in range(10):
+        await writer.append([SampleRow(T0 + timedelta(seconds=b), "local", None, None, "src",
+                                       f"m{i}", "gauge", float(b)) for i in range(3)])  # fmt: skip
+    await writer.close()
+    shared = SharedPages(grid=10)
+    fail = [True]
+
+    async def read(first: int, last: int, bound: int) -> Page:
+        if fail.pop() if fail else False:
+            raise OSError("disk went away")
+        return await db.read(partial(read_page, first=first, last=last, bound=bound, labels={}))
+
+    with pytest.raises(OSError):
+        await shared.page(12, 15, read)
+    cut = await shared.page(12, 15, read)  # the stream is at 15: cut there
+    assert cut is not None and (cut.start, cut.end, cut.ends) == (12, 15, [15])
+    again = await shared.page(15, 30, read)  # a client that joined later: read past 15
+    assert again is not None and (again.start, again.end, again.ends) == (12, 21, [15, 18, 21])
+    assert await shared.page(18, 30, read) is again  # shared
+    assert await shared.page(13, 30, read) is None  # inside a batch: served on its own
+    assert shared.reads == 3 and shared.served == 4
+    assert [m.seq for m in again.messages(Filter(), "e", 15, 18)] == [18]
+    # The same while the cut read is still going on: the later client waits for it, then
+    # reads past it.
+    later = SharedPages(grid=10)
+    results: dict[str, Page | None] = {}
+
+    async def ask(name: str, after: int, bound: int) -> None:
+        results[name] = await later.page(after, bound, read)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(ask, "first", 12, 15)
+        await anyio.lowlevel.checkpoint()
+        tasks.start_soon(ask, "later", 15, 30)
+    first, after_it = results["first"], results["later"]
+    assert first is not None and first.end == 15
+    assert after_it is not None and (after_it.start, after_it.end) == (12, 21)
+    assert later.reads == 2
+    db.close()
