@@ -1,14 +1,17 @@
 """The uvicorn server as omnimetrics runs it, for the CLI and the tests alike."""
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
+from omnimetrics.accept import BatchAccept
 from omnimetrics.app import App
+from omnimetrics.upgrades import TurnTakingHttpProtocol
 from omnimetrics.ws_protocol import FanoutWSProtocol
 from stream.ws import MAX_MESSAGE_BYTES
 
@@ -20,19 +23,53 @@ class Server(uvicorn.Server):
     def __init__(
         self, config: uvicorn.Config, *, signals: bool = True, send_buffer: int | None = None
     ) -> None:
+        self._listening = False
+        self._uvicorn_started = False
         super().__init__(config)
         self._signals = signals
         self._send_buffer = send_buffer
 
+    # uvicorn says it has started at the end of its startup; here that is before our
+    # listeners exist, so `started` waits for them too (other threads watch it).
+    @property
+    def started(self) -> bool:
+        return self._uvicorn_started and self._listening
+
+    @started.setter
+    def started(self, value: bool) -> None:
+        self._uvicorn_started = value
+
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        if sockets is None and self._send_buffer:
-            # Accepted connections inherit the listener's send buffer. Capped, a client
-            # that stops reading pins at most this much kernel memory, and backpressure
-            # reaches its bounded queue instead of the kernel's multi-megabyte autotuning.
+        if sockets is None:
             sock = self.config.bind_socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+            if self._send_buffer:
+                # Accepted connections inherit the listener's send buffer. Capped, a
+                # client that stops reading pins at most this much kernel memory, and
+                # backpressure reaches its bounded queue instead of the kernel's
+                # multi-megabyte autotuning.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
             sockets = [sock]
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup (the lifespan first), then the sockets served by
+        `BatchAccept` rather than the loop's server (omnimetrics/accept.py)."""
+        if not sockets:
+            self._listening = True  # uvicorn's own listeners
+            await super().startup(sockets)
+            return
+        await super().startup([])
+        config = self.config
+
+        def factory() -> asyncio.Protocol:  # as uvicorn makes its protocols
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        for sock in sockets:
+            accepting = BatchAccept(sock, factory, config.backlog, config.ssl)
+            self.servers.append(cast(asyncio.Server, accepting))
+        self._listening = True
 
     async def shutdown(self, sockets: Any = None) -> None:
         app = self.config.app
@@ -82,6 +119,7 @@ def build_server(
         # (bench/stream.py: 24 KiB with omnimetrics on top, against 27 with websockets);
         # its text sends take a short path (omnimetrics/ws_protocol.py).
         ws=FanoutWSProtocol,
+        http=TurnTakingHttpProtocol,  # WebSocket upgrades take turns (omnimetrics/upgrades.py)
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,
