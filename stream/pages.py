@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 import duckdb
 
 from stream.batches import PAGE_ROWS, Batch, SeriesLabels, batch_end, read_batches
@@ -33,7 +34,7 @@ class Page:
     end: int  # up to and including this one
     batches: list[Batch]
     ends: list[int] = field(init=False)  # each batch's last seq
-    _encoded: dict[Filter, list[list[Outgoing]]] = field(init=False, default_factory=dict)
+    _encoded: dict[Filter, "asyncio.Task[Encoded]"] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ends = [batch.last_seq for batch in self.batches]
@@ -45,15 +46,28 @@ class Page:
         i = bisect_right(self.ends, after)
         return after == self.start or (i > 0 and self.ends[i - 1] == after)
 
-    def messages(self, flt: Filter, epoch: str, after: int, upto: int) -> list[Outgoing]:
-        """What a client with `flt` is sent for the batches in seq (after, upto]."""
-        lo, hi = bisect_right(self.ends, after), bisect_right(self.ends, upto)
-        encoded = self._encoded.get(flt)
-        if encoded is None:
+    async def encoded(self, flt: Filter, epoch: str) -> "Encoded":
+        """Each batch's messages for `flt`: encoded once per filter, in a worker thread
+        (a page of thousands of batches would hold the event loop for a while)."""
+        task = self._encoded.get(flt)
+        if task is None:
+            work = anyio.to_thread.run_sync(encode_batches, self.batches, flt, epoch)
             if len(self._encoded) >= ENCODED_FILTERS:
-                return [m for b in self.batches[lo:hi] for m in encode_batch(b, flt, epoch)]
-            encoded = self._encoded[flt] = [encode_batch(b, flt, epoch) for b in self.batches]
+                return await work
+            task = self._encoded[flt] = asyncio.ensure_future(work)
+        return await asyncio.shield(task)
+
+    def messages(self, encoded: "Encoded", after: int, upto: int) -> list[Outgoing]:
+        """Of `encoded`, the messages of the batches in seq (after, upto]."""
+        lo, hi = bisect_right(self.ends, after), bisect_right(self.ends, upto)
         return [message for messages in encoded[lo:hi] for message in messages]
+
+
+Encoded = list[list[Outgoing]]  # per batch of a page
+
+
+def encode_batches(batches: list[Batch], flt: Filter, epoch: str) -> Encoded:
+    return [encode_batch(batch, flt, epoch) for batch in batches]
 
 
 def read_page(

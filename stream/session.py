@@ -8,7 +8,7 @@ from schemas.db import Database
 from schemas.times import rfc3339, utcnow
 from stream.batches import page_end, read_batches, series_labels
 from stream.cursor import BadCursor, parse_cursor
-from stream.encode import Filter, Outgoing, control, encode_batch
+from stream.encode import Filter, Outgoing, control
 from stream.hub import Client, Hub, settings_tenant
 from stream.pages import Page, read_page
 from stream.replay import ReplayGate, Ticket
@@ -114,16 +114,18 @@ async def catch_up(
     try:
         while position < client.start_seq:
             page = await gate.shared.page(position, hub.position, read)
-            if page is not None:
-                messages = page.messages(client.filter, hub.epoch, position, client.start_seq)
-                end = page.end
-            else:  # a cursor inside a batch: from there to a batch's end, on its own
+            if page is None:  # a cursor inside a batch: from there to a batch's end, on its own
                 async with gate.read():
                     end = await db.read(partial(page_end, after=position, head=client.start_seq))
                     batches = await db.read(
                         partial(read_batches, after=position, upto=end, labels=labels)
                     )
-                messages = [m for b in batches for m in encode_batch(b, client.filter, hub.epoch)]
+                page = Page(position, end, batches)
+            encoded = await page.encoded(client.filter, hub.epoch)
+            async with gate.turn():
+                messages = page.messages(encoded, position, client.start_seq)
+                end = page.end
+            # The turn is over, but nothing waits before the caller writes `messages`.
             if messages:
                 yield messages
             position = min(end, client.start_seq)

@@ -126,7 +126,9 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     assert await shared.page(18, 30, read) is again  # shared
     assert await shared.page(13, 30, read) is None  # inside a batch: served on its own
     assert shared.reads == 3 and shared.served == 4
-    assert [m.seq for m in again.messages(Filter(), "e", 15, 18)] == [18]
+    encoded = await again.encoded(Filter(), "e")
+    assert [m.seq for m in again.messages(encoded, 15, 18)] == [18]
+    assert await again.encoded(Filter(), "e") is encoded  # once per filter
     # The same while the cut read is still going on: the later client waits for it, then
     # reads past it.
     later = SharedPages(grid=10)
