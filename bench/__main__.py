@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from bench import catchup, history, ingest, latest, push, scrape, stream
+from bench import catchup, history, ingest, latest, push, scrape, storm, stream
 
 
 def main() -> int:
@@ -19,6 +19,8 @@ def main() -> int:
         stream.run()
     if only in (None, "catchup"):
         catchup.run()
+    if only in (None, "storm"):
+        storm.run()
     if only in (None, "history"):
         history.run()
     if only in (None, "latest"):

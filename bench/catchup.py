@@ -32,22 +32,29 @@ WIDE_TICKS, WIDE_ROWS = 50, 20_000
 _T0 = 1_795_000_000_000_000  # microseconds
 
 
-async def _small(path: Path) -> int:
+async def store_small(path: Path, count: int) -> list[int]:
+    """`count` pushes of one sample each (each its own batch), through the writer (group
+    commit: concurrent pushes share transactions); the last seq of each batch."""
     db = Database(path)
     writer = Writer(db, AppendSignal())
     await writer.start()
     start = datetime(2026, 11, 20, tzinfo=UTC)
-    for chunk in range(0, SMALL, 2_000):
+    for chunk in range(0, count, 2_000):
         await asyncio.gather(*(
             writer.append_events([(None, [SampleRow(
                 start + timedelta(milliseconds=10 * i), "local", "t", None, f"s{i % 5}",
                 "total", "counter", float(i))])])
-            for i in range(chunk, chunk + 2_000)
+            for i in range(chunk, min(count, chunk + 2_000))
         ))  # fmt: skip
-    last = writer.last_seq
     await writer.close()
+    ends = [e for (e,) in db.cursor().execute(
+        "SELECT max(seq) FROM points GROUP BY batch ORDER BY 1").fetchall()]  # fmt: skip
     db.close()
-    return last
+    return ends
+
+
+async def _small(path: Path) -> int:
+    return (await store_small(path, SMALL))[-1]
 
 
 async def _wide(path: Path) -> int:

@@ -78,14 +78,15 @@ def process(*args: str) -> Iterator[subprocess.Popen[str]]:
 
 @contextlib.contextmanager
 def omnimetrics(
-    tmp: Path, commits: Path | None = None
+    tmp: Path, commits: Path | None = None, db: Path | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`omnimetrics serve`; with `commits`, the writer's commit times land there on exit."""
+    """`omnimetrics serve` (on a new database, or `db`); with `commits`, the writer's
+    commit times land there on exit."""
     port = free_port()
     config = tmp / "bench.toml"
     # Every batch on its own (the stall run pushes far faster than the default pacing).
     config.write_text("sources = []\n[tenants.local]\nmax_events_per_minute = 1000000\n")
-    db = tmp / f"bench-{port}.duckdb"
+    db = db or tmp / f"bench-{port}.duckdb"
     command = ["-m", "omnimetrics.cli"]
     if commits is not None:
         command = ["-m", "bench.serve_timed", "--commits-out", str(commits)]
