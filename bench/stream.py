@@ -217,7 +217,8 @@ def dispatch_time() -> float:
     for _ in range(LATENCY_CLIENTS):
         hub.add(Filter())
     now = datetime.now(UTC)
-    rows = [Row(i + 1, 1, now, "local", None, None, "bench", name, "gauge", float(v), None)
+    rows = [Row(i + 1, 1, now, i + 1, "local", None, None, "bench", name, (), "gauge",
+                float(v), None)
             for i, (name, v) in enumerate(FILLER_1KB.items())]  # fmt: skip
     batch = Batch(1, len(rows), now, rows, [])
     timings = []
