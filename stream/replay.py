@@ -4,12 +4,12 @@ clients catching up near it: stream/pages.py).
 
 Each page read takes a slot and gives it back, so clients far behind take turns with the
 others page by page, in the order they asked (asyncio's semaphore wakes its waiters first
-come, first served, and a newcomer never takes a slot past them). So does turning a page
-into a client's messages and writing them (`turn`): however many clients catch up, the
-event loop's round of ready work holds only a couple of pages, and a request that comes
-in meanwhile waits for little. A client that would
-pass the bound on clients catching up is told to come back after a few seconds, jittered
-so that a crowd refused together does not return together.
+come, first served, and a newcomer never takes a slot past them). Turning a page into a
+client's messages and writing them takes a turn too, a couple per round of the event
+loop (`turn`, stream/rounds.py): however many clients catch up, a round holds only a
+couple of pages, and a request that comes in meanwhile waits for little. A client that
+would pass the bound on clients catching up is told to come back after a few seconds,
+jittered so that a crowd refused together does not return together.
 """
 
 import asyncio
@@ -18,10 +18,11 @@ import random
 from collections.abc import AsyncIterator
 
 from stream.pages import SharedPages
+from stream.rounds import Rounds
 
 DEFAULT_READS = 2  # the database's threads, here
-# Clients turning a page into messages and writing it at once: one or two, so the loop's
-# round of ready work never holds a thousand pages (everything else waits a round).
+# Clients turning a page into messages and writing it, per round of the event loop: a
+# couple, so a round never holds a thousand pages (and everything else waits a round).
 TURNS = 2
 DEFAULT_CLIENTS = 1_000
 RETRY_SECONDS = (1, 5)  # the retry hint: a whole number of seconds in this range
@@ -61,7 +62,7 @@ class ReplayGate:
         self.refused = 0  # since start
         self.pages = 0  # page reads, since start
         self._slots = asyncio.Semaphore(reads)
-        self._turns = asyncio.Semaphore(TURNS)
+        self._turns = Rounds(TURNS)
         self.shared = shared or SharedPages()  # pages read once for clients nearby
 
     def enter(self) -> Ticket | int:
@@ -72,11 +73,10 @@ class ReplayGate:
         self.replaying += 1
         return Ticket(self)
 
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        """A turn to encode a page that has been read (nothing in it may wait)."""
-        async with self._turns:
-            yield
+    async def turn(self) -> None:
+        """A turn, this round, to turn a page that has been read into a client's messages
+        and write them (nothing in that may wait)."""
+        await self._turns.turn()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[None]:

@@ -122,10 +122,9 @@ async def catch_up(
                     )
                 page = Page(position, end, batches)
             encoded = await page.encoded(client.filter, hub.epoch)
-            async with gate.turn():
-                messages = page.messages(encoded, position, client.start_seq)
-                end = page.end
-            # The turn is over, but nothing waits before the caller writes `messages`.
+            await gate.turn()  # from here nothing waits until the caller has written them
+            messages = page.messages(encoded, position, client.start_seq)
+            end = page.end
             if messages:
                 yield messages
             position = min(end, client.start_seq)
