@@ -5,12 +5,14 @@ import base64
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -84,6 +86,17 @@ class Upstream:
         self._release.set()  # let hanging handlers go
         self._server.shutdown()
         self._server.server_close()
+
+
+def serve_demo(port: int, db: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of `omnimetrics serve --demo` as the CLI runs it, on
+    `port` and `db`, its demo upstreams on free ports, logging warnings only."""
+    env = {**os.environ, "OMNIMETRICS_LOG_LEVEL": "warning",
+           "OMNIMETRICS_DEMO_EMBEDDINGS_PORT": str(free_port()),
+           "OMNIMETRICS_DEMO_COMPRESSION_PORT": str(free_port())}  # fmt: skip
+    command = [sys.executable, "-m", "omnimetrics.cli", "serve", "--demo", "--port", str(port),
+               "--db", str(db)]  # fmt: skip
+    return command, env
 
 
 def free_port() -> int:

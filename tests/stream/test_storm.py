@@ -9,7 +9,6 @@ answers within a second throughout; no collection tick is skipped.
 """
 
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from ingest.writer import Writer
 from schemas.db import Database
 from schemas.rows import SampleRow
 from schemas.signals import AppendSignal
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, serve_demo, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -113,14 +112,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
     path = tmp_path / "storm.duckdb"
     ends = asyncio.run(_store(path))
     port = free_port()
-    env = {**os.environ, "OMNIMETRICS_LOG_LEVEL": "warning",
-           "OMNIMETRICS_DEMO_EMBEDDINGS_PORT": str(free_port()),
-           "OMNIMETRICS_DEMO_COMPRESSION_PORT": str(free_port())}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omnimetrics.cli", "serve", "--demo", "--port", str(port),
-         "--db", str(path)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    command, env = serve_demo(port, path)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
