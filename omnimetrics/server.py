@@ -18,7 +18,8 @@ from stream.ws import MAX_MESSAGE_BYTES
 
 class Server(uvicorn.Server):
     """Drains the app's streams (WS 1001, SSE end) before uvicorn closes connections:
-    uvicorn would otherwise close WebSockets with 1012 and wait on open SSE responses."""
+    uvicorn would otherwise close WebSockets with 1012 and wait on open SSE responses.
+    Accepts every waiting connection each round of the loop (omnimetrics/accept.py)."""
 
     def __init__(
         self, config: uvicorn.Config, *, signals: bool = True, send_buffer: int | None = None
