@@ -31,7 +31,7 @@ def number(value: float) -> float | int:
     return int(value) if value.is_integer() and abs(value) < 2**53 else value
 
 
-def put(tree: dict[str, Any], metric: str, value: float | int | str) -> None:
+def put(tree: dict[str, Any], metric: str, value: object) -> None:
     """`a.b.c` → tree["a"]["b"]["c"]; a name with labels (`x{k="a.b"}`) stays whole."""
     parts = [metric] if "{" in metric else metric.split(".")
     node = tree

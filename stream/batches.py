@@ -1,27 +1,35 @@
 """Reading committed batches back from DuckDB, with their deltas and scrape errors.
 
-The live tail and every resume use the same reader, so what a client gets live and what
-it gets on catching up are the same messages.
+Rows are kept by column (a `Block`: numpy arrays, one entry per row), and each series'
+strings once (`Series`, by id); a `Batch` is a range of a block. The live tail and every
+resume use the same blocks and the same encoder, so what a client gets live and what it
+gets on catching up are the same messages.
 """
 
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.db import arrow
+from schemas.deltas import CUMULATIVE, with_deltas
 from schemas.labels import Labels
 
 # Counter deltas need each series' previous sample; a live series has one within minutes.
 # Series without one (new, or after a long gap) fall back to an exact search (the macro).
 LOOKBACK = timedelta(minutes=10)
 PAGE_ROWS = 5_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Row(NamedTuple):
+    """One row of a block, as Python values (for tests and tools; the stream itself never
+    builds these)."""
+
     seq: int
     batch: int
     ts: datetime
@@ -37,9 +45,79 @@ class Row(NamedTuple):
     delta: float | None
 
 
-def labels_of(stored: dict[str, str] | None) -> Labels:
-    """A stored label map (already canonical) as the stream's label tuple."""
-    return tuple(stored.items()) if stored else ()
+class Series(NamedTuple):
+    """What a series id stands for (it never changes for the life of its database)."""
+
+    tenant_id: str
+    tool_id: str | None
+    session_id: str | None
+    source: str
+    metric: str  # the text form
+    labels: Labels
+
+
+SeriesInfo = dict[int, Series]
+
+
+def labels_of(stored: Any) -> Labels:
+    """A stored label map (already canonical: a dict, or DuckDB's pairs) as the stream's
+    label tuple."""
+    if not stored:
+        return ()
+    return tuple(stored.items()) if isinstance(stored, dict) else tuple(stored)
+
+
+@dataclass(eq=False)
+class Block:
+    """Rows in seq order, by column. `delta` holds a number only where `has_delta`."""
+
+    seq: np.ndarray
+    batch: np.ndarray
+    ts_us: np.ndarray  # microseconds since the epoch, UTC
+    series_id: np.ndarray
+    kind: pa.Array
+    value: np.ndarray
+    delta: np.ndarray
+    has_delta: np.ndarray
+    series: SeriesInfo  # holds (at least) every series of the block
+    memo: dict[str, Any] = field(default_factory=dict)  # what encoders derive once per block
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def time(self, i: int) -> datetime:
+        return _time(int(self.ts_us[i]))
+
+    def rows(self, lo: int = 0, hi: int | None = None) -> list[Row]:
+        hi = len(self) if hi is None else hi
+        out = []
+        kinds = self.kind.slice(lo, hi - lo).to_pylist()
+        for i, kind in zip(range(lo, hi), kinds, strict=True):
+            s = self.series[int(self.series_id[i])]
+            out.append(Row(int(self.seq[i]), int(self.batch[i]), _time(int(self.ts_us[i])),
+                           int(self.series_id[i]), *s[:5], s.labels, kind,
+                           float(self.value[i]),
+                           float(self.delta[i]) if self.has_delta[i] else None))  # fmt: skip
+        return out
+
+    @classmethod
+    def of_rows(cls, rows: list[Row]) -> "Block":
+        """A block holding `rows` (seq order)."""
+        return cls(
+            np.array([r.seq for r in rows], np.int64),
+            np.array([r.batch for r in rows], np.int64),
+            np.array([(r.ts - _EPOCH) // timedelta(microseconds=1) for r in rows], np.int64),
+            np.array([r.series_id for r in rows], np.int64),
+            pa.array([r.kind for r in rows], pa.string()),
+            np.array([r.value for r in rows], np.float64),
+            np.array([r.delta if r.delta is not None else 0.0 for r in rows], np.float64),
+            np.array([r.delta is not None for r in rows], bool),
+            {r.series_id: Series(*r[4:10]) for r in rows},
+        )
+
+
+def _time(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 class ScrapeFailure(NamedTuple):
@@ -52,21 +130,72 @@ class ScrapeFailure(NamedTuple):
 
 
 class Batch(NamedTuple):
+    """One batch: rows lo..hi of `block`."""
+
     batch: int
     last_seq: int
-    ts: datetime
-    rows: list[Row]
+    block: Block
+    lo: int
+    hi: int
     failures: list[ScrapeFailure]
 
+    @property
+    def ts(self) -> datetime:
+        """The time of its last row."""
+        return self.block.time(self.hi - 1)
 
-_BOUNDS = "SELECT min(ts), max(ts) FROM points WHERE seq > $after AND seq <= $upto"
+    @property
+    def rows(self) -> list[Row]:
+        return self.block.rows(self.lo, self.hi)
+
+
+MAX_SERIES = 200_000
+_SERIES = """
+SELECT id, tenant_id, tool_id, session_id, source, name, labels FROM series_keys
+WHERE id IN (SELECT unnest($ids))
+"""
+
+
+class KnownSeries:
+    """The series read so far from one database (bounded): their strings are read once,
+    not once per row. A map handed out is only ever added to, never changed, so blocks
+    of other threads can keep using it."""
+
+    def __init__(self, limit: int = MAX_SERIES) -> None:
+        self._info: SeriesInfo = {}
+        self._limit = limit
+
+    def resolve(self, cur: duckdb.DuckDBPyConnection, ids: list[int]) -> SeriesInfo:
+        """A map that holds each of `ids` (distinct)."""
+        info = self._info
+        missing = [i for i in ids if i not in info]
+        if not missing:
+            return info
+        found = {
+            r[0]: Series(r[1], r[2], r[3], r[4], r[5], labels_of(r[6]))
+            for r in cur.execute(_SERIES, {"ids": missing}).fetchall()
+        }
+        if len(info) + len(found) > self._limit:  # start a new map with this read's series
+            info = {i: info[i] for i in ids if i in info}
+            self._info = info
+        info.update(found)
+        return info
+
+
+_KNOWN: dict[str, KnownSeries] = {}  # per database, by its epoch
+
+
+def known_series(epoch: str) -> KnownSeries:
+    """The series known to every catch-up of this process from the database of `epoch`
+    (a series id names one series for the life of its database)."""
+    return _KNOWN.setdefault(epoch, KnownSeries())
+
+
 _ROWS = """
-SELECT d.seq, d.batch, d.ts, d.series_id, k.tenant_id, k.tool_id, k.session_id, k.source,
-       k.name, k.labels, d.kind, d.value, d.delta
-FROM point_deltas_between($lo, $hi, lookback := $lookback) d
-JOIN series_keys k ON k.id = d.series_id
-WHERE d.seq > $after AND d.seq <= $upto
-ORDER BY d.seq
+SELECT seq, batch, ts, series_id, kind, value, delta
+FROM point_deltas_between($lo, $hi, lookback := $lookback)
+WHERE seq > $after AND seq <= $upto
+ORDER BY seq
 """
 _FAILURES = """
 SELECT batch, ts, tenant_id, tool_id, source, error FROM scrapes
@@ -80,15 +209,98 @@ WHERE batch = (SELECT batch FROM points WHERE seq = $seq) AND seq >= $seq
 
 
 def read_batches(
-    cur: duckdb.DuckDBPyConnection, after: int, upto: int, labels: "SeriesLabels | None" = None
+    cur: duckdb.DuckDBPyConnection, after: int, upto: int, known: KnownSeries | None = None
 ) -> list[Batch]:
     """Every batch with rows in seq (after, upto], which must end on a batch boundary;
-    `labels` remembers series' labels from one read to the next (`series_labels`)."""
+    `known` keeps series' strings from one read to the next (`known_series`).
+
+    Each row's delta is the view's (`sample_deltas`): against the sample before it in its
+    series by (ts, seq), wherever that sample is. The rows are read by seq, each series'
+    sample before them is searched for in widening windows of time (a series that ticks
+    every second is found within seconds, not by scanning the lookback), and the deltas
+    are computed per column (`with_deltas`). Where rows outside the range fall between
+    the range's rows in time (a backdated push), the range is read through the macro."""
     if upto <= after:
         return []
-    lo, hi = cur.execute(_BOUNDS, {"after": after, "upto": upto}).fetchall()[0]
-    if lo is None:
+    known = known if known is not None else KnownSeries()
+    page = arrow(cur, _PAGE, {"after": after, "upto": upto})
+    if not page.num_rows:
         return []
+    span = pc.min_max(page.column("ts"))
+    lo, hi = span["min"].as_py(), span["max"].as_py()
+    bounds = {"lo": lo, "hi": hi, "after": after, "upto": upto}
+    (crossing,) = cur.execute(_CROSSING, bounds).fetchall()[0]
+    if crossing:
+        return _read_through_macro(cur, after, upto, lo, hi, known)
+    before = _samples_before(cur, page, lo, after)
+    rows, _ = with_deltas(pa.concat_tables([page, before]))
+    seq = rows.column("seq")
+    mine = pc.and_(pc.greater(seq, after), pc.less_equal(seq, upto))
+    rows = rows.filter(mine)
+    rows = rows.take(pc.sort_indices(rows.column("seq")))
+    return _batches_of(cur, rows, known)
+
+
+_PAGE = """
+SELECT seq, batch, ts, series_id, kind, value FROM points
+WHERE seq > $after AND seq <= $upto ORDER BY seq
+"""
+# Rows outside the range that a row of the range could follow in time (those at the
+# range's first time with a smaller seq come before all of it, at its last with a larger
+# seq after all of it: neither is in the way).
+_CROSSING = """
+SELECT count(*) FROM points
+WHERE ts >= $lo AND ts <= $hi AND (seq <= $after OR seq > $upto)
+  AND NOT (ts = $lo AND seq <= $after) AND NOT (ts = $hi AND seq > $upto)
+"""
+_RECENT = """
+SELECT seq, batch, ts, series_id, kind, value FROM points
+WHERE ts >= $since AND (ts < $lo OR (ts = $lo AND seq <= $after))
+"""
+_BEFORE = """
+SELECT unnest(arg_max({'seq': seq, 'batch': batch, 'ts': ts, 'series_id': series_id,
+                       'kind': kind, 'value': value}, (ts, seq)))
+FROM points
+WHERE series_id IN (SELECT unnest($ids)) AND ts >= $since
+  AND (ts < $lo OR (ts = $lo AND seq <= $after))
+GROUP BY series_id
+"""
+WINDOWS = (timedelta(seconds=2), timedelta(seconds=30), timedelta(minutes=10), timedelta(days=1))
+_EVER = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _samples_before(
+    cur: duckdb.DuckDBPyConnection, page: pa.Table, lo: datetime, after: int
+) -> pa.Table:
+    """Samples before `page` that hold, for each of its series a delta looks back in
+    (counters), the one just before it: every sample of the first window (the rows of a
+    few ticks), then each still missing series' last one in wider windows."""
+    bounds = {"since": lo - WINDOWS[0], "lo": lo, "after": after}
+    found = [arrow(cur, _RECENT, bounds).cast(page.schema)]
+    counted = pc.is_in(page.column("kind"), pa.array(CUMULATIVE))
+    wanted = pc.unique(pc.filter(page.column("series_id"), counted))
+    missing = pc.filter(wanted, pc.invert(pc.is_in(wanted, found[0].column("series_id"))))
+    ids = missing.to_pylist()
+    for window in (*WINDOWS[1:], None):
+        if not ids:
+            break
+        since = lo - window if window is not None else _EVER
+        table = arrow(cur, _BEFORE, {"ids": ids, "since": since, "lo": lo, "after": after})
+        if table.num_rows:
+            found.append(table.select(page.schema.names).cast(page.schema))
+            have = set(table.column("series_id").to_pylist())
+            ids = [s for s in ids if s not in have]
+    return pa.concat_tables(found)
+
+
+def _read_through_macro(
+    cur: duckdb.DuckDBPyConnection,
+    after: int,
+    upto: int,
+    lo: datetime,
+    hi: datetime,
+    known: KnownSeries,
+) -> list[Batch]:
     params = {
         "lo": lo,
         "hi": hi + timedelta(microseconds=1),
@@ -96,66 +308,36 @@ def read_batches(
         "after": after,
         "upto": upto,
     }
-    rows = rows_of(arrow(cur, _ROWS, params), labels if labels is not None else {})
-    if not rows:
-        return []
-    return group_batches(rows, read_failures(cur, rows[0].batch, rows[-1].batch))
+    return _batches_of(cur, arrow(cur, _ROWS, params), known)
 
 
-SeriesLabels = dict[int, Labels]  # series id -> its labels, which never change
-_LABELS: dict[str, SeriesLabels] = {}  # per database, by its epoch
-MAX_LABELS = 200_000
-_EPOCH_US = datetime(1970, 1, 1, tzinfo=UTC)
+def _batches_of(cur: duckdb.DuckDBPyConnection, rows: pa.Table, known: KnownSeries) -> list[Batch]:
+    delta = rows.column("delta")
+    block = block_of(rows, pc.fill_null(delta, 0.0).to_numpy(), delta.is_valid().to_numpy(),
+                     known, cur)  # fmt: skip
+    return batches_of(block, read_failures(cur, int(block.batch[0]), int(block.batch[-1])))
 
 
-def series_labels(epoch: str) -> SeriesLabels:
-    """The labels of series read so far from the database of `epoch`, for every catch-up
-    of this process (a series id names one series for the life of its database)."""
-    return _LABELS.setdefault(epoch, {})
-
-
-def rows_of(table: pa.Table, labels: SeriesLabels) -> list[Row]:
-    """`_ROWS`'s answer as rows, read as Arrow and converted per column: times once per
-    distinct time, labels once per series (what costs most per row in `fetchall`)."""
-    if not table.num_rows:
-        return []
-    micros = pc.cast(table.column("ts"), pa.int64()).to_pylist()
-    times = {us: _EPOCH_US + timedelta(microseconds=us) for us in set(micros)}
-    ids = table.column("series_id").to_pylist()
-    # This page's own map: `labels` is shared by catch-ups reading in other threads, which
-    # may clear it meanwhile.
-    mine: SeriesLabels = {}
-    missing: set[int] = set()
-    for sid in set(ids):
-        known = labels.get(sid)
-        if known is None:
-            missing.add(sid)
-        else:
-            mine[sid] = known
-    if missing:
-        firsts = [i for i, sid in enumerate(ids) if sid in missing]
-        firsts = list({ids[i]: i for i in reversed(firsts)}.values())
-        stored = table.column("labels").take(pa.array(firsts)).to_pylist()
-        found = {
-            ids[i]: labels_of(dict(pairs) if pairs is not None else None)
-            for i, pairs in zip(firsts, stored, strict=True)
-        }
-        mine.update(found)
-        if len(labels) + len(found) > MAX_LABELS:
-            labels.clear()
-        labels.update(found)
-    columns = [table.column(name).to_pylist() for name in _PLAIN]
-    return [
-        Row(seq, batch, times[us], sid, tenant, tool, session, source, name, mine[sid], kind,
-            value, delta)
-        for seq, batch, us, sid, tenant, tool, session, source, name, kind, value, delta in zip(
-            columns[0], columns[1], micros, ids, *columns[2:], strict=True
-        )
-    ]  # fmt: skip
-
-
-_PLAIN = ("seq", "batch", "tenant_id", "tool_id", "session_id", "source", "name", "kind",
-          "value", "delta")  # fmt: skip
+def block_of(
+    table: pa.Table,
+    delta: np.ndarray,
+    has_delta: np.ndarray,
+    known: KnownSeries,
+    cur: duckdb.DuckDBPyConnection,
+) -> Block:
+    """`table`'s columns `seq`, `batch`, `ts`, `series_id`, `kind`, `value` as a block."""
+    series_id = table.column("series_id").to_numpy()
+    return Block(
+        table.column("seq").to_numpy(),
+        table.column("batch").to_numpy(),
+        pc.cast(table.column("ts"), pa.int64()).to_numpy(),
+        series_id,
+        table.column("kind").combine_chunks(),
+        table.column("value").to_numpy(),
+        delta,
+        has_delta,
+        known.resolve(cur, np.unique(series_id).tolist()),
+    )
 
 
 def read_failures(
@@ -168,26 +350,18 @@ def read_failures(
     return failures
 
 
-def group_batches(rows: list[Row], failures: dict[int, list[ScrapeFailure]]) -> list[Batch]:
-    """Rows in seq order, cut into their batches."""
+def batches_of(block: Block, failures: dict[int, list[ScrapeFailure]]) -> list[Batch]:
+    """The block cut into its batches."""
+    if not len(block):
+        return []
+    starts = [0, *(np.flatnonzero(np.diff(block.batch)) + 1).tolist()]
+    ends = [*starts[1:], len(block)]
+    numbers = block.batch[starts].tolist()
+    lasts = block.seq[np.array(ends) - 1].tolist()
     return [
-        Batch(
-            batch_rows[0].batch,
-            batch_rows[-1].seq,
-            batch_rows[-1].ts,
-            batch_rows,
-            failures.get(batch_rows[0].batch, []),
-        )  # fmt: skip
-        for batch_rows in _split(rows)
+        Batch(number, last, block, lo, hi, failures.get(number, []))
+        for number, last, lo, hi in zip(numbers, lasts, starts, ends, strict=True)
     ]
-
-
-def _split(rows: list[Row]) -> Iterator[list[Row]]:
-    start = 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or rows[i].batch != rows[start].batch:
-            yield rows[start:i]
-            start = i
 
 
 def page_end(cur: duckdb.DuckDBPyConnection, after: int, head: int) -> int:

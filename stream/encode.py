@@ -1,15 +1,17 @@
 """Encoding a batch for one filter, once, into the bytes every matching client gets."""
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 
 from schemas.labels import Labels
 from schemas.labels import matches as label_matches
-from schemas.nested import from_json_number, json_value, put
+from schemas.nested import from_json_number, json_value
 from schemas.times import rfc3339
-from stream.batches import Batch, Row
+from stream.batches import Batch, Series
+from stream.columns import metrics_texts
 
 
 class Outgoing(NamedTuple):
@@ -43,6 +45,9 @@ class Filter(NamedTuple):
             and (labels is None or label_matches(self.labels, labels))
         )
 
+    def passes(self, series: Series) -> bool:
+        return self.matches(series.tenant_id, series.tool_id, series.session_id, series.labels)
+
     def described(self) -> dict[str, Any]:
         """The filter as messages echo it (`labels` only when it has any)."""
         out: dict[str, Any] = {"tenant_id": self.tenant_id, "tool_id": self.tool_id,
@@ -50,41 +55,6 @@ class Filter(NamedTuple):
         if self.labels:
             out["labels"] = dict(self.labels)
         return out
-
-
-def _data_and_deltas(rows: Iterable[Row]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    data: dict[str, dict[str, Any]] = {}
-    deltas: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        source = data.setdefault(row.source, {})
-        if row.metric == "up":
-            source["status"] = "healthy" if row.value else "down"
-            continue
-        put(source, row.metric, json_value(row.value))
-        if row.delta is not None:
-            per_source = deltas.setdefault(row.source, {})
-            before = from_json_number(per_source.get(row.metric, 0))
-            per_source[row.metric] = json_value(before + row.delta)
-    return data, deltas
-
-
-def metrics_message(batch: Batch, flt: Filter, epoch: str) -> bytes | None:
-    """The `metrics` message of `batch` for `flt`, or None when no row passes it."""
-    rows = [r for r in batch.rows if flt.matches(r.tenant_id, r.tool_id, r.session_id, r.labels)]
-    if not rows:
-        return None
-    data, deltas = _data_and_deltas(rows)
-    return orjson.dumps(
-        {
-            "type": "metrics",
-            "timestamp": rfc3339(batch.ts),
-            "seq": batch.last_seq,
-            "cursor": f"{epoch}:{batch.last_seq}",
-            **flt.described(),
-            "data": data,
-            "deltas": deltas,
-        }
-    )
 
 
 def error_messages(batch: Batch, flt: Filter) -> list[bytes]:
@@ -103,13 +73,32 @@ def error_messages(batch: Batch, flt: Filter) -> list[bytes]:
     ]
 
 
-def encode_batch(batch: Batch, flt: Filter, epoch: str) -> list[Outgoing]:
-    """Everything a client with `flt` is sent for `batch`: errors first, then metrics."""
-    out = [Outgoing("error", e.decode()) for e in error_messages(batch, flt)]
-    metrics = metrics_message(batch, flt, epoch)
-    if metrics is not None:
-        out.append(Outgoing("metrics", metrics.decode(), batch.last_seq))
+def encode_batches(batches: Sequence[Batch], flt: Filter, epoch: str) -> list[list[Outgoing]]:
+    """Everything a client with `flt` is sent for each of `batches` (in seq order): errors
+    first, then metrics. Batches that lie next to each other in one block are encoded
+    together, by column (stream/columns.py)."""
+    out = [[Outgoing("error", e.decode()) for e in error_messages(b, flt)] for b in batches]
+    passes = None if flt == Filter() else flt.passes
+    described = flt.described()
+    i = 0
+    while i < len(batches):
+        block, j = batches[i].block, i + 1
+        while j < len(batches) and batches[j].block is block and batches[j].lo == batches[j - 1].hi:
+            j += 1
+        run = batches[i:j]
+        starts = np.array([b.lo for b in run], np.int64)
+        ends = np.array([b.hi for b in run], np.int64)
+        texts = metrics_texts(block, starts, ends, passes, described, epoch)
+        for messages, batch, text in zip(out[i:j], run, texts, strict=True):
+            if text is not None:
+                messages.append(Outgoing("metrics", text, batch.last_seq))
+        i = j
     return out
+
+
+def encode_batch(batch: Batch, flt: Filter, epoch: str) -> list[Outgoing]:
+    """`encode_batches` of one batch."""
+    return encode_batches([batch], flt, epoch)[0]
 
 
 def control(message: dict[str, Any]) -> Outgoing:

@@ -4,12 +4,12 @@ bytes put on every matching client's bounded queue. Nothing here ever awaits a c
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from schemas.tenants import DEFAULT_TENANT, StreamPolicy
 from stream.batches import Batch
-from stream.encode import Filter, Outgoing, encode_batch, merge_metrics
+from stream.encode import Filter, Outgoing, encode_batches, merge_metrics
 
 DEFAULT_BUDGET_BYTES = 1024 * 1024
 DEFAULT_KEEPALIVE_SECONDS = 15.0
@@ -334,16 +334,17 @@ class Hub:
         self._join(client)
 
     def dispatch(
-        self, batches: Iterable[Batch], upto: int, committed_at: float | None = None
+        self, batches: Sequence[Batch], upto: int, committed_at: float | None = None
     ) -> None:
         """Hand out batches (in seq order) up to `upto`: one encoding per distinct filter.
         `committed_at` (perf_counter) is when the writer committed the first of them."""
         dispatched = time.perf_counter()
         committed = committed_at if committed_at is not None else dispatched
         tracked = set()
-        for batch in batches:
+        encoded = {flt: encode_batches(batches, flt, self.epoch) for flt in self._by_filter}
+        for i in range(len(batches)):
             for flt, clients in list(self._by_filter.items()):
-                for item in encode_batch(batch, flt, self.epoch):
+                for item in encoded[flt][i]:
                     queued = 0
                     for client in list(clients):
                         if client.offer(item):

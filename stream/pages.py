@@ -21,8 +21,8 @@ from typing import Any
 import anyio.to_thread
 import duckdb
 
-from stream.batches import PAGE_ROWS, Batch, SeriesLabels, batch_end, read_batches
-from stream.encode import Filter, Outgoing, encode_batch
+from stream.batches import PAGE_ROWS, Batch, KnownSeries, batch_end, read_batches
+from stream.encode import Filter, Outgoing, encode_batches
 
 KEEP_PAGES = 8
 ENCODED_FILTERS = 32  # filters whose messages a page keeps; others are encoded per client
@@ -66,12 +66,8 @@ class Page:
 Encoded = list[list[Outgoing]]  # per batch of a page
 
 
-def encode_batches(batches: list[Batch], flt: Filter, epoch: str) -> Encoded:
-    return [encode_batch(batch, flt, epoch) for batch in batches]
-
-
 def read_page(
-    cur: duckdb.DuckDBPyConnection, first: int, last: int, bound: int, labels: SeriesLabels
+    cur: duckdb.DuckDBPyConnection, first: int, last: int, bound: int, known: KnownSeries
 ) -> Page:
     """The page between the ends of the batches holding seqs `first` and `last` (grid
     points), cut at `bound` (a batch boundary the stream has reached)."""
@@ -79,7 +75,7 @@ def read_page(
     end = min(batch_end(cur, last), bound)
     if end <= start:
         return Page(start, max(start, end), [])
-    return Page(start, end, read_batches(cur, start, end, labels))
+    return Page(start, end, read_batches(cur, start, end, known))
 
 
 Reader = Callable[[int, int, int], Coroutine[Any, Any, Page]]  # read_page's (first, last, bound)

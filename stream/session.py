@@ -6,7 +6,7 @@ from functools import partial
 
 from schemas.db import Database
 from schemas.times import rfc3339, utcnow
-from stream.batches import page_end, read_batches, series_labels
+from stream.batches import known_series, page_end, read_batches
 from stream.cursor import BadCursor, parse_cursor
 from stream.encode import Filter, Outgoing, control
 from stream.hub import Client, Hub, settings_tenant
@@ -103,12 +103,12 @@ async def catch_up(
     The client leaves the gate when done."""
     client = session.client
     position = session.resume_after if session.resume_after is not None else client.start_seq
-    labels = series_labels(hub.epoch)
+    known = known_series(hub.epoch)
 
     async def read(first: int, last: int, bound: int) -> Page:
         async with gate.read():
             return await db.read(
-                partial(read_page, first=first, last=last, bound=bound, labels=labels)
+                partial(read_page, first=first, last=last, bound=bound, known=known)
             )
 
     try:
@@ -118,7 +118,7 @@ async def catch_up(
                 async with gate.read():
                     end = await db.read(partial(page_end, after=position, head=client.start_seq))
                     batches = await db.read(
-                        partial(read_batches, after=position, upto=end, labels=labels)
+                        partial(read_batches, after=position, upto=end, known=known)
                     )
                 page = Page(position, end, batches)
             encoded = await page.encoded(client.filter, hub.epoch)

@@ -8,14 +8,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import stream.batches as batches_module
 from ingest.writer import Writer
 from schemas.db import Database
 from schemas.deltas import sample_delta
 from schemas.labels import NO_LABELS, to_json
 from schemas.rows import SampleRow
 from schemas.signals import AppendSignal
-from stream.batches import LOOKBACK, Row, labels_of, read_batches
+from stream.batches import LOOKBACK, KnownSeries, Row, labels_of, read_batches
 from stream.live import SeriesCache, read_live
 from tests.schemas.test_deltas import insert
 
@@ -26,6 +25,14 @@ SERIES = [
     ("local", "a", "s1", "push", "tokens"),
     ("acme", None, None, "compression", "total"),
 ]
+_JOINED = """
+SELECT d.seq, d.batch, d.ts, d.series_id, k.tenant_id, k.tool_id, k.session_id, k.source,
+       k.name, k.labels, d.kind, d.value, d.delta
+FROM point_deltas_between($lo, $hi, lookback := $lookback) d
+JOIN series_keys k ON k.id = d.series_id
+WHERE d.seq > $after AND d.seq <= $upto
+ORDER BY d.seq
+"""
 ROW = st.tuples(
     st.integers(0, len(SERIES) - 1),
     st.sampled_from(["counter", "counter", "gauge", "delta"]),
@@ -102,8 +109,8 @@ def test_live_deltas_equal_the_view_as_of_each_read(
 
 @pytest.mark.anyio
 async def test_catch_up_rows_read_as_arrow_are_the_rows_fetchall_gives(tmp_path: Path) -> None:
-    """`read_batches` converts per column (times once per time, labels once per series);
-    the rows are exactly those of a row-by-row `fetchall`, twice (the labels then cached)."""
+    """`read_batches` reads columns and each series' strings once; the rows are exactly
+    those of a row-by-row `fetchall` of the same join, twice (the series then known)."""
     db = Database(tmp_path / "arrow.duckdb")
     writer = Writer(db, AppendSignal())
     await writer.start()
@@ -119,15 +126,59 @@ async def test_catch_up_rows_read_as_arrow_are_the_rows_fetchall_gives(tmp_path:
     last = writer.last_seq
     await writer.close()
     cur = db.cursor()
-    lo, hi = cur.execute(batches_module._BOUNDS, {"after": 0, "upto": last}).fetchall()[0]
+    lo, hi = cur.execute("SELECT min(ts), max(ts) FROM points").fetchall()[0]
     params = {"lo": lo, "hi": hi + timedelta(microseconds=1), "lookback": LOOKBACK,
               "after": 0, "upto": last}  # fmt: skip
     want = [Row(*r[:9], labels_of(r[9]), *r[10:])
-            for r in cur.execute(batches_module._ROWS, params).fetchall()]  # fmt: skip
-    labels: dict[int, tuple[tuple[str, str], ...]] = {}
+            for r in cur.execute(_JOINED, params).fetchall()]  # fmt: skip
+    known = KnownSeries()
     for _ in range(2):
-        got = [row for batch in read_batches(cur, 0, last, labels) for row in batch.rows]
+        got = [row for batch in read_batches(cur, 0, last, known) for row in batch.rows]
         assert got == want
         assert [r.ts.utcoffset() for r in got] == [timedelta(0)] * len(got)
     assert {r.labels for r in got} == {(), (("le", "0.5"),), (("code", "200"), ("path", "/a"))}
     db.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(st.lists(ROW, min_size=1, max_size=5), min_size=1, max_size=20),
+    gaps=st.lists(st.sampled_from([0, 0, 0, 1, 3, 40, 900, 2 * 86400]), min_size=20,
+                  max_size=20),
+    cuts=st.lists(st.integers(0, 20), min_size=2, max_size=6),
+)  # fmt: skip
+@example(  # a later batch backdated between the range's rows of its series
+    batches=[[(0, "counter", 1, 0), (0, "counter", 5, 10)], [(0, "counter", 3, -5)]],
+    gaps=[0] * 20,
+    cuts=[0, 1],
+)
+@example(  # an earlier batch dated between them
+    batches=[[(0, "counter", 3, 5)], [(0, "counter", 1, -5), (0, "counter", 5, 10)]],
+    gaps=[0] * 20,
+    cuts=[1, 2],
+)
+def test_catch_up_deltas_equal_the_view_for_any_range(
+    batches: list[list[tuple[int, str, int, int]]], gaps: list[int], cuts: list[int]
+) -> None:
+    """However far back each series' sample before a range lies (seconds, minutes, days:
+    the widening windows), and with backdated rows among and around it (the macro)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(Path(tmp) / "ranges.duckdb")
+        try:
+            cur = db.cursor()
+            seq, ts, out, ends = 0, T0, [], [0]
+            for b, rows in enumerate(batches, start=1):
+                ts += timedelta(seconds=gaps[b - 1])
+                for which, kind, value, step in rows:
+                    seq += 1
+                    ts += timedelta(seconds=step)
+                    out.append((seq, b, ts, *SERIES[which], kind, float(value)))
+                ends.append(seq)
+            insert(cur, out)
+            view = dict(cur.execute("SELECT seq, delta FROM sample_deltas").fetchall())
+            marks = sorted({ends[min(c, len(ends) - 1)] for c in cuts})
+            for after, upto in zip(marks, marks[1:], strict=False):
+                got = {r.seq: r.delta for b in read_batches(cur, after, upto) for r in b.rows}
+                assert got == {s: view[s] for s in range(after + 1, upto + 1)}, (after, upto)
+        finally:
+            db.close()

@@ -16,7 +16,7 @@ from ingest.writer import Writer
 from schemas.db import Database
 from schemas.rows import SampleRow
 from schemas.signals import AppendSignal
-from stream.batches import read_batches
+from stream.batches import KnownSeries, read_batches
 from stream.encode import Filter, Outgoing, encode_batch
 from stream.hub import Client, Hub
 from stream.pages import Page, SharedPages, read_page
@@ -56,7 +56,7 @@ async def test_clients_sharing_pages_get_what_a_read_of_their_own_gives(
     ends = await _store(db, rng)
     # The stream moves on while they catch up (pages read near its head are cut there),
     # and each client joins at a batch's end the stream has reached.
-    hub = Hub("e", ends[10])
+    hub = Hub(f"e{seed}", ends[10])  # an epoch names one database
     gate = ReplayGate(reads=2, clients=100, shared=SharedPages(keep=4, grid=7))
     clients: dict[int, tuple[int, int, Filter]] = {}
 
@@ -92,7 +92,7 @@ async def test_clients_sharing_pages_get_what_a_read_of_their_own_gives(
                 tasks.start_soon(client, i)
     cur = db.cursor()
     for i, (after, start, flt) in clients.items():
-        want = [m for b in read_batches(cur, after, start) for m in encode_batch(b, flt, "e")]
+        want = [m for b in read_batches(cur, after, start) for m in encode_batch(b, flt, hub.epoch)]
         assert got[i] == want, (after, start, flt)
     assert gate.shared.reads * 2 < gate.shared.served
     assert gate.replaying == 0 and gate.reading == 0
@@ -115,7 +115,9 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     async def read(first: int, last: int, bound: int) -> Page:
         if fail.pop() if fail else False:
             raise OSError("disk went away")
-        return await db.read(partial(read_page, first=first, last=last, bound=bound, labels={}))
+        return await db.read(
+            partial(read_page, first=first, last=last, bound=bound, known=KnownSeries())
+        )
 
     with pytest.raises(OSError):
         await shared.page(12, 15, read)
