@@ -21,6 +21,7 @@ import orjson
 import pyarrow as pa
 from websockets.asyncio.client import connect
 
+from bench.scrape import cpu_seconds
 from bench.stream import free_port, process, wait_http
 from ingest.writer import Writer
 from schemas.db import Database
@@ -118,9 +119,22 @@ def _serve(path: Path) -> Iterator[str]:
     config = path.parent / "catchup.toml"
     config.write_text("sources = []\n")
     with process("-m", "omnimetrics.cli", "serve", "--port", str(port), "--db", str(path),
-                 "--config", str(config)):  # fmt: skip
+                 "--config", str(config)) as proc:  # fmt: skip
         wait_http(f"http://127.0.0.1:{port}/health")
+        _wait_quiet(proc.pid)
         yield f"ws://127.0.0.1:{port}/ws/metrics"
+
+
+def _wait_quiet(pid: int, seconds: float = 60) -> None:
+    """Until the server is idle (under 5% of a core for half a second): a server started
+    on a database it has not mirrored yet first writes the Parquet mirror of all of it,
+    and the catch-up is measured on its own, not beside that."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - before < 0.025:
+            return
 
 
 def run() -> None:

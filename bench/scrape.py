@@ -27,7 +27,7 @@ SECONDS = 61  # /health summarizes the last 60 ticks: all inside this window
 WARM_SECONDS = 5
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -121,9 +121,9 @@ def _prometheus(tmp: Path, upstream: int) -> tuple[float, float] | None:
                 pass
             time.sleep(0.1)
         time.sleep(WARM_SECONDS)
-        cpu0 = _cpu_seconds(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
         time.sleep(SECONDS)
-        cpu1 = _cpu_seconds(proc.pid)
+        cpu1 = cpu_seconds(proc.pid)
         query = f"sum(sum_over_time(scrape_samples_scraped[{SECONDS}s]))"
         answer = httpx.get(f"{api}/api/v1/query", params={"query": query}, timeout=30).json()
         scraped = float(answer["data"]["result"][0]["value"][1])
@@ -140,9 +140,9 @@ def run() -> None:
         proc, port = _serve(Path(name), upstream)
         try:
             time.sleep(WARM_SECONDS)
-            before, cpu0, t0 = _health(port), _cpu_seconds(proc.pid), time.monotonic()
+            before, cpu0, t0 = _health(port), cpu_seconds(proc.pid), time.monotonic()
             time.sleep(SECONDS)
-            after, cpu1, t1 = _health(port), _cpu_seconds(proc.pid), time.monotonic()
+            after, cpu1, t1 = _health(port), cpu_seconds(proc.pid), time.monotonic()
         finally:
             proc.terminate()
             proc.wait(timeout=30)

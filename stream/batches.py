@@ -168,7 +168,7 @@ class KnownSeries:
     def resolve(self, cur: duckdb.DuckDBPyConnection, ids: list[int]) -> SeriesInfo:
         """A map that holds each of `ids` (distinct)."""
         info = self._info
-        missing = [i for i in ids if i not in info]
+        missing = list(set(ids).difference(info))
         if not missing:
             return info
         found = {
@@ -336,7 +336,7 @@ def block_of(
         table.column("value").to_numpy(),
         delta,
         has_delta,
-        known.resolve(cur, np.unique(series_id).tolist()),
+        known.resolve(cur, pc.unique(table.column("series_id")).to_pylist()),
     )
 
 

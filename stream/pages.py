@@ -91,9 +91,10 @@ class SharedPages:
         self.reads = 0  # pages read, since start
         self.served = 0  # pages served to clients, since start
 
-    async def page(self, after: int, bound: int, read: Reader) -> Page | None:
+    async def page(self, after: int, bound: int, read: Reader, ahead: bool = False) -> Page | None:
         """The page that serves a client at `after` (behind `bound`, the stream's
-        position), read now or shared with others; None when `after` is inside a batch."""
+        position), read now or shared with others; None when `after` is inside a batch.
+        `ahead`: asked for before the client needs it (not counted as served)."""
         cell = after // self._grid
         while True:
             task = self._pages.get(cell)
@@ -103,7 +104,7 @@ class SharedPages:
                 self._pages.move_to_end(cell)
             page = await asyncio.shield(task)
             if page.end > after:  # a later read of this cell would start there too
-                self.served += 1
+                self.served += not ahead
                 return page if page.serves(after) else None
             # Read before the stream got this far: read the cell again, up to `bound`.
             if self._pages.get(cell) is task:

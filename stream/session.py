@@ -1,5 +1,6 @@
 """What WS and SSE share: joining the hub, the `connected` message, and catching up."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -111,6 +112,12 @@ async def catch_up(
                 partial(read_page, first=first, last=last, bound=bound, known=known)
             )
 
+    async def prefetch(after: int) -> None:
+        page = await gate.shared.page(after, hub.position, read, ahead=True)
+        if page is not None:
+            await page.encoded(client.filter, hub.epoch)
+
+    ahead: asyncio.Task[None] | None = None
     try:
         while position < client.start_seq:
             page = await gate.shared.page(position, hub.position, read)
@@ -122,6 +129,11 @@ async def catch_up(
                     )
                 page = Page(position, end, batches)
             encoded = await page.encoded(client.filter, hub.epoch)
+            if page.end < client.start_seq and (ahead is None or ahead.done()):
+                # The next page is read and encoded (in worker threads) while this one is
+                # written.
+                ahead = asyncio.create_task(prefetch(page.end))
+                ahead.add_done_callback(_retrieved)
             await gate.turn()  # from here nothing waits until the caller has written them
             messages = page.messages(encoded, position, client.start_seq)
             end = page.end
@@ -129,7 +141,15 @@ async def catch_up(
                 yield messages
             position = min(end, client.start_seq)
     finally:
+        if ahead is not None:
+            ahead.cancel()
         session.leave_catch_up()
+
+
+def _retrieved(task: "asyncio.Task[None]") -> None:
+    """A read ahead that failed: the client's own read of that page retries it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def sent(client: Client, page: list[Outgoing]) -> None:
