@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from bench import write_floor
-from stream.batches import Batch, Row
+from stream.batches import Batch, Block, Row
 from stream.encode import Filter
 from stream.hub import Hub
 from tests.helpers import StalledWebSocket
@@ -220,7 +220,7 @@ def dispatch_time() -> float:
     rows = [Row(i + 1, 1, now, i + 1, "local", None, None, "bench", name, (), "gauge",
                 float(v), None)
             for i, (name, v) in enumerate(FILLER_1KB.items())]  # fmt: skip
-    batch = Batch(1, len(rows), now, rows, [])
+    batch = Batch(1, len(rows), Block.of_rows(rows), 0, len(rows), [])
     timings = []
     for k in range(20):
         started = time.perf_counter()

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from omnimetrics.app import create_app
 from omnimetrics.demo import demo_app
+from omnimetrics.memory import limit_malloc_arenas
 from omnimetrics.server import Server, build_server
 from omnimetrics.settings import Config, ConfigError, Settings, load_config
 from query.export import export
@@ -158,6 +159,7 @@ def main(argv: Sequence[str] | None = None, commit_listeners: Sequence[Listener]
     args = _parser().parse_args(argv)
     if args.command == "export":
         return _export(args)
+    limit_malloc_arenas()  # before the server starts any thread
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         settings = Settings(**overrides)

@@ -19,8 +19,8 @@ from schemas.db import arrow
 from schemas.deltas import CUMULATIVE, with_deltas
 from schemas.labels import Labels
 
-# Counter deltas need each series' previous sample; a live series has one within minutes.
-# Series without one (new, or after a long gap) fall back to an exact search (the macro).
+# For ranges read through the macro (`point_deltas_between`): where it looks for each
+# series' previous sample first (series without one there get an exact search).
 LOOKBACK = timedelta(minutes=10)
 PAGE_ROWS = 5_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

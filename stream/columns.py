@@ -30,7 +30,7 @@ from schemas.times import rfc3339
 from stream.batches import Block, Series
 
 VALUE, DELTA, STATUS = 0, 1, 2
-MAX_TEMPLATE_PIECES = 1_000_000  # all templates kept, in pieces of text (~50-100 bytes each)
+MAX_TEMPLATE_PIECES = 500_000  # all templates kept, in pieces of text (~20-100 bytes each)
 Passes = Callable[[Series], bool]
 
 

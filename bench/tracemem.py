@@ -1,0 +1,90 @@
+"""`omnimetrics` with tracemalloc on, for finding what grows over a long run:
+`python -m bench.tracemem OUT [--no-heap] serve ...` (the soak's `--trace OUT` runs its
+server so; `--no-heap` leaves tracemalloc off: its snapshots stall the process a while).
+
+Every minute it appends to OUT the process's RSS, what the Python heap holds (traced),
+what DuckDB's buffer manager holds (`duckdb_memory()`), Arrow's pool and glibc's malloc
+(in use, and free but kept in its arenas), and from minute 5 on the places
+whose traced memory grew most since minute 5 (by file and line, 4 frames deep)."""
+
+import ctypes
+import gc
+import os
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pyarrow as pa
+
+from bench.stream import rss_kib
+from omnimetrics.cli import main
+from schemas.db import Database
+
+FRAMES = 4
+TOP = 15
+
+
+def _duckdb_mib() -> float | None:
+    for obj in gc.get_objects():
+        if isinstance(obj, Database):
+            cur = obj.cursor()
+            try:
+                (used,) = cur.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()"
+                                      ).fetchall()[0]  # fmt: skip
+                return float(used) / 2**20
+            finally:
+                cur.close()
+    return None
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]  # fmt: skip
+
+
+def _malloc() -> str:
+    """What glibc's malloc holds: in use, free inside its arenas, mmapped."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return (f"malloc in use {info.uordblks / 2**20:.0f} MiB, free in arenas "
+            f"{info.fordblks / 2**20:.0f} MiB, mmapped {info.hblkhd / 2**20:.0f} MiB")  # fmt: skip
+
+
+def _watch(out: Path) -> None:
+    started = time.monotonic()
+    base: tracemalloc.Snapshot | None = None
+    while True:
+        time.sleep(60)
+        minute = (time.monotonic() - started) / 60
+        traced, _ = tracemalloc.get_traced_memory()  # 0 when not tracing
+        lines = [f"minute {minute:.1f}: RSS {rss_kib(os.getpid()) / 1024:.0f} MiB, Python "
+                 f"heap {traced / 2**20:.0f} MiB, DuckDB {_duckdb_mib() or 0:.0f} MiB, "
+                 f"Arrow {pa.total_allocated_bytes() / 2**20:.0f} MiB, {_malloc()}, "
+                 f"threads {threading.active_count()}"]  # fmt: skip
+        if tracemalloc.is_tracing() and minute >= 5:
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)]
+            )
+            if base is None:
+                base = snapshot
+            for stat in snapshot.compare_to(base, "traceback")[:TOP]:
+                where = " <- ".join(f"{f.filename.split('/site-packages/')[-1]}:{f.lineno}"
+                                    for f in stat.traceback)  # fmt: skip
+                lines.append(f"  {stat.size_diff / 2**20:+.2f} MiB ({stat.count_diff:+,}) {where}")
+        with out.open("a") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    out, args = Path(sys.argv[1]), sys.argv[2:]
+    if args[:1] == ["--no-heap"]:  # tracemalloc's snapshots stall the process for a while
+        args = args[1:]
+    else:
+        tracemalloc.start(FRAMES)
+    threading.Thread(target=_watch, args=(out,), daemon=True).start()
+    sys.argv = ["omnimetrics", *args]
+    sys.exit(main())
