@@ -3,14 +3,16 @@
 server so; `--no-heap` leaves tracemalloc off: its snapshots stall the process a while).
 
 Every minute it appends to OUT the process's RSS, what the Python heap holds (traced),
-what DuckDB's buffer manager holds (`duckdb_memory()`), Arrow's pool and glibc's malloc
-(in use, and free but kept in its arenas), and from minute 5 on the places
-whose traced memory grew most since minute 5 (by file and line, 4 frames deep)."""
+what DuckDB's buffer manager holds (`duckdb_memory()`), Arrow's pool, glibc's malloc
+(in use, and free but kept in its arenas) and Python's pymalloc arenas, and from minute 5
+on the places whose traced memory grew most since minute 5 (file and line, 4 frames)."""
 
 import ctypes
 import gc
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -54,6 +56,27 @@ def _malloc() -> str:
             f"{info.fordblks / 2**20:.0f} MiB, mmapped {info.hblkhd / 2**20:.0f} MiB")  # fmt: skip
 
 
+def _pymalloc() -> str:
+    """What Python's small-object allocator holds: its arenas, and what is in use in them
+    (`sys._debugmallocstats`, which writes to the C stderr)."""
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        stats = f.read().decode()
+    arenas = re.search(r"arenas \* \d+ bytes/arena\s+=\s+([\d,]+)", stats)
+    used = re.search(r"# bytes in allocated blocks\s+=\s+([\d,]+)", stats)
+    if arenas is None or used is None:
+        return "pymalloc ?"
+    mib = [int(m.group(1).replace(",", "")) / 2**20 for m in (arenas, used)]
+    return f"pymalloc arenas {mib[0]:.0f} MiB ({mib[1]:.0f} in use)"
+
+
 def _watch(out: Path) -> None:
     started = time.monotonic()
     base: tracemalloc.Snapshot | None = None
@@ -63,7 +86,7 @@ def _watch(out: Path) -> None:
         traced, _ = tracemalloc.get_traced_memory()  # 0 when not tracing
         lines = [f"minute {minute:.1f}: RSS {rss_kib(os.getpid()) / 1024:.0f} MiB, Python "
                  f"heap {traced / 2**20:.0f} MiB, DuckDB {_duckdb_mib() or 0:.0f} MiB, "
-                 f"Arrow {pa.total_allocated_bytes() / 2**20:.0f} MiB, {_malloc()}, "
+                 f"Arrow {pa.total_allocated_bytes() / 2**20:.0f} MiB, {_malloc()}, {_pymalloc()}, "
                  f"threads {threading.active_count()}"]  # fmt: skip
         if tracemalloc.is_tracing() and minute >= 5:
             snapshot = tracemalloc.take_snapshot().filter_traces(

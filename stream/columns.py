@@ -16,7 +16,7 @@ a later row wins, `up` is the source's `status`.
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ from schemas.times import rfc3339
 from stream.batches import Block, Series
 
 VALUE, DELTA, STATUS = 0, 1, 2
+ROW_BY_ROW = 64  # runs of fewer rows are encoded row by row
 MAX_TEMPLATE_PIECES = 500_000  # all templates kept, in pieces of text (~20-100 bytes each)
 Passes = Callable[[Series], bool]
 
@@ -183,15 +184,25 @@ def metrics_texts(
     passes: Passes | None,
     described: dict[str, Any],
     epoch: str,
+    row_by_row: int = ROW_BY_ROW,
 ) -> list[str | None]:
     """The `metrics` message of each batch of `block` (rows starts[j]..ends[j], in order)
     for a filter: `passes` says which series it sees (None: all), `described` is how
-    messages echo it. None for a batch none of whose rows pass."""
+    messages echo it. None for a batch none of whose rows pass. Fewer than `row_by_row`
+    rows are encoded row by row (the columns' fixed cost is ~0.3 ms, a row's ~10 us)."""
     count = len(starts)
     out: list[str | None] = [None] * count
     if not count:
         return out
     lo, hi = int(starts[0]), int(ends[-1])
+    if hi - lo < row_by_row:
+        for j, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            ids = block.series_id[start:end].tolist()
+            passing = [start + k for k, i in enumerate(ids)
+                       if passes is None or passes(block.series[i])]  # fmt: skip
+            if passing:
+                out[j] = by_rows(block, passing, end - 1, described, epoch)
+        return out
     keep = _passing(block, passes)
     kept = np.arange(lo, hi) if keep is None else np.flatnonzero(keep[lo:hi]) + lo
     if not len(kept):
@@ -230,7 +241,7 @@ def metrics_texts(
             tmpl = _TEMPLATES.get(key, partial(_built, block, shape, length))
             if tmpl.summed:
                 for j, r in zip(batches[members].tolist(), rows[members], strict=True):
-                    out[j] = by_rows(block, r, int(last_rows[j]), described, epoch)
+                    out[j] = by_rows(block, r.tolist(), int(last_rows[j]), described, epoch)
                 continue
             if key not in at_template:
                 at_template[key] = size
@@ -282,13 +293,13 @@ def _built(block: Block, shape: np.ndarray, length: int) -> Template:
 
 
 def by_rows(
-    block: Block, rows: np.ndarray, last: int, described: dict[str, Any], epoch: str
+    block: Block, rows: Sequence[int], last: int, described: dict[str, Any], epoch: str
 ) -> str:
     """The `metrics` message, row by row, of a batch whose last row is `last` and whose
     rows that pass the filter are `rows` (of `block`)."""
     data: dict[str, dict[str, Any]] = {}
     deltas: dict[str, dict[str, Any]] = {}
-    for i in rows.tolist():
+    for i in rows:
         s = block.series[int(block.series_id[i])]
         value = float(block.value[i])
         source = data.setdefault(s.source, {})
