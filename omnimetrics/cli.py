@@ -159,12 +159,12 @@ def main(argv: Sequence[str] | None = None, commit_listeners: Sequence[Listener]
     args = _parser().parse_args(argv)
     if args.command == "export":
         return _export(args)
-    limit_malloc_arenas()  # before the server starts any thread
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         fail(describe_errors(exc.errors()))
+    limit_malloc_arenas(settings.malloc_arenas)  # before the server starts any thread
     try:
         config = load_config(settings.config)
     except ConfigError as exc:

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     max_ingest_events_per_minute: Annotated[int, Field(ge=1)] = 1_000_000
     max_series_per_tenant: Annotated[int, Field(ge=1)] = 1_000_000
+    # glibc malloc arenas (omnimetrics/memory.py); 0 leaves glibc's own choice.
+    malloc_arenas: Annotated[int, Field(ge=0, le=64)] = 2
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "Settings":

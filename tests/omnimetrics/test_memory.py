@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from omnimetrics.memory import limit_malloc_arenas
+
 # Sixteen threads malloc and free at once (ctypes releases the GIL), then glibc lists its
 # arenas on stderr.
 _CONTEND = """
@@ -27,7 +29,7 @@ libc.malloc_stats()
 
 
 def _arenas(mode: str) -> int:
-    env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_ARENA_MAX of the caller's
+    env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_ARENA_MAX of the caller's either
     done = subprocess.run([sys.executable, "-c", _CONTEND, mode], capture_output=True,
                           text=True, timeout=60, env=env, check=True)  # fmt: skip
     return done.stderr.count("Arena ")
@@ -37,3 +39,7 @@ def _arenas(mode: str) -> int:
 def test_threads_share_two_malloc_arenas() -> None:
     assert _arenas("limit") <= 2
     assert _arenas("default") > 2  # the contention is real: without the limit, more
+
+
+def test_no_limit_is_glibcs_own_choice() -> None:
+    assert limit_malloc_arenas(0) is False
