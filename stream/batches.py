@@ -232,13 +232,24 @@ def read_batches(
     (crossing,) = cur.execute(_CROSSING, bounds).fetchall()[0]
     if crossing:
         return _read_through_macro(cur, after, upto, lo, hi, known)
-    before = _samples_before(cur, page, lo, after)
+    return with_deltas_in(cur, page, _samples_before(cur, page, lo, after), after, upto, known)
+
+
+def with_deltas_in(
+    cur: duckdb.DuckDBPyConnection,
+    page: pa.Table,
+    before: pa.Table,
+    after: int,
+    upto: int,
+    known: KnownSeries,
+) -> list[Batch]:
+    """`page`'s rows (seq in (after, upto], in order) as batches, each row with its delta
+    against the row before it in its series by (ts, seq): in `page`, or else in `before`
+    (rows outside the range that hold each series' sample just before the page)."""
     rows, _ = with_deltas(pa.concat_tables([page, before]))
     seq = rows.column("seq")
-    mine = pc.and_(pc.greater(seq, after), pc.less_equal(seq, upto))
-    rows = rows.filter(mine)
-    rows = rows.take(pc.sort_indices(rows.column("seq")))
-    return _batches_of(cur, rows, known)
+    rows = rows.filter(pc.and_(pc.greater(seq, after), pc.less_equal(seq, upto)))
+    return _batches_of(cur, rows.take(pc.sort_indices(rows.column("seq"))), known)
 
 
 _PAGE = """
@@ -312,32 +323,23 @@ def _read_through_macro(
 
 
 def _batches_of(cur: duckdb.DuckDBPyConnection, rows: pa.Table, known: KnownSeries) -> list[Batch]:
+    """`rows` (`seq`, `batch`, `ts`, `series_id`, `kind`, `value`, `delta`; seq order) as
+    one block, cut into its batches with their failed scrapes."""
+    if not rows.num_rows:
+        return []
     delta = rows.column("delta")
-    block = block_of(rows, pc.fill_null(delta, 0.0).to_numpy(), delta.is_valid().to_numpy(),
-                     known, cur)  # fmt: skip
-    return batches_of(block, read_failures(cur, int(block.batch[0]), int(block.batch[-1])))
-
-
-def block_of(
-    table: pa.Table,
-    delta: np.ndarray,
-    has_delta: np.ndarray,
-    known: KnownSeries,
-    cur: duckdb.DuckDBPyConnection,
-) -> Block:
-    """`table`'s columns `seq`, `batch`, `ts`, `series_id`, `kind`, `value` as a block."""
-    series_id = table.column("series_id").to_numpy()
-    return Block(
-        table.column("seq").to_numpy(),
-        table.column("batch").to_numpy(),
-        pc.cast(table.column("ts"), pa.int64()).to_numpy(),
-        series_id,
-        table.column("kind").combine_chunks(),
-        table.column("value").to_numpy(),
-        delta,
-        has_delta,
-        known.resolve(cur, pc.unique(table.column("series_id")).to_pylist()),
+    block = Block(
+        rows.column("seq").to_numpy(),
+        rows.column("batch").to_numpy(),
+        pc.cast(rows.column("ts"), pa.int64()).to_numpy(),
+        rows.column("series_id").to_numpy(),
+        rows.column("kind").combine_chunks(),
+        rows.column("value").to_numpy(),
+        pc.fill_null(delta, 0.0).to_numpy(),
+        delta.is_valid().to_numpy(),
+        known.resolve(cur, pc.unique(rows.column("series_id")).to_pylist()),
     )
+    return batches_of(block, read_failures(cur, int(block.batch[0]), int(block.batch[-1])))
 
 
 def read_failures(

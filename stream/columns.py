@@ -49,21 +49,35 @@ class Template(NamedTuple):
     summed: bool  # two rows add up to one delta: encoded `by_rows` instead
 
 
-def template(series: list[Series], has_delta: list[bool]) -> Template:
-    """The template of a batch whose rows are of `series`, in order."""
+def _trees(
+    series: Sequence[Series],
+    has_delta: Sequence[bool],
+    leaf: Callable[[int, int], Any],
+    summed: Callable[[Any, int], Any],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], bool]:
+    """The `data` and `deltas` trees of a batch whose rows are of `series`, in order, with
+    `leaf(kind, row)` where a row's number goes (VALUE, DELTA or STATUS); a delta a second
+    row of one source and name adds to is `summed(earlier, row)`. Also whether one did."""
     data: dict[str, Any] = {}
-    deltas: dict[str, dict[str, _Slot]] = {}
-    summed = False
+    deltas: dict[str, dict[str, Any]] = {}
+    added = False
     for row, (s, delta) in enumerate(zip(series, has_delta, strict=True)):
         source = data.setdefault(s.source, {})
         if s.metric == "up":
-            source["status"] = _Slot(STATUS, row)
+            source["status"] = leaf(STATUS, row)
             continue
-        put(source, s.metric, _Slot(VALUE, row))
+        put(source, s.metric, leaf(VALUE, row))
         if delta:
             per_source = deltas.setdefault(s.source, {})
-            summed = summed or s.metric in per_source
-            per_source[s.metric] = _Slot(DELTA, row)
+            earlier = per_source.get(s.metric)
+            added = added or s.metric in per_source
+            per_source[s.metric] = leaf(DELTA, row) if earlier is None else summed(earlier, row)
+    return data, deltas, added
+
+
+def template(series: list[Series], has_delta: list[bool]) -> Template:
+    """The template of a batch whose rows are of `series`, in order."""
+    data, deltas, summed = _trees(series, has_delta, _Slot, lambda _, row: _Slot(DELTA, row))
     pieces = ['"data":']
     slots: list[_Slot] = []
     _emit(data, pieces, slots)
@@ -297,20 +311,20 @@ def by_rows(
 ) -> str:
     """The `metrics` message, row by row, of a batch whose last row is `last` and whose
     rows that pass the filter are `rows` (of `block`)."""
-    data: dict[str, dict[str, Any]] = {}
-    deltas: dict[str, dict[str, Any]] = {}
-    for i in rows:
-        s = block.series[int(block.series_id[i])]
-        value = float(block.value[i])
-        source = data.setdefault(s.source, {})
-        if s.metric == "up":
-            source["status"] = "healthy" if value else "down"
-            continue
-        put(source, s.metric, json_value(value))
-        if block.has_delta[i]:
-            per_source = deltas.setdefault(s.source, {})
-            before = from_json_number(per_source.get(s.metric, 0))
-            per_source[s.metric] = json_value(before + float(block.delta[i]))
+    values = block.value[rows].tolist()
+    deltas_of = block.delta[rows].tolist()
+
+    def leaf(kind: int, row: int) -> Any:
+        if kind == STATUS:
+            return "healthy" if values[row] else "down"
+        return json_value(values[row] if kind == VALUE else deltas_of[row])
+
+    data, deltas, _ = _trees(
+        [block.series[i] for i in block.series_id[rows].tolist()],
+        block.has_delta[rows].tolist(),
+        leaf,
+        lambda earlier, row: json_value(from_json_number(earlier) + deltas_of[row]),
+    )
     seq = int(block.seq[last])
     return orjson.dumps(
         {

@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.db import arrow
-from schemas.deltas import CUMULATIVE
-from stream.batches import Batch, KnownSeries, batches_of, block_of, read_batches, read_failures
+from stream.batches import Batch, KnownSeries, read_batches, with_deltas_in
 
 SeriesKey = int  # series_id
 MAX_SERIES = 200_000
@@ -82,14 +81,12 @@ def read_live(
         return []
     sid = table.column("series_id").to_numpy()
     ts = pc.cast(table.column("ts"), pa.int64()).to_numpy()
-    value = table.column("value").to_numpy()
-    # Each series' rows together, in seq order; the row before each is its previous sample.
+    # Each series' rows together, in seq order.
     order = np.argsort(sid, kind="stable")
-    s_sid, s_ts, s_value = sid[order], ts[order], value[order]
+    s_sid, s_ts = sid[order], ts[order]
     first = np.ones(n, bool)
     first[1:] = s_sid[1:] != s_sid[:-1]
-    prev_ts, prev_value = np.roll(s_ts, 1), np.roll(s_value, 1)
-    has_prev = ~first
+    prev_ts = np.roll(s_ts, 1)
     # Before each series' first row: what the cache knows (taken once: it may evict
     # meanwhile), or the store.
     keys = s_sid[first].tolist()
@@ -105,29 +102,36 @@ def read_live(
         for key in missing:
             known[key] = found.get(key)
     lasts = [known[key] for key in keys]
-    at_first = np.flatnonzero(first)
-    prev_ts[at_first] = [last.ts_us if last else 0 for last in lasts]
-    prev_value[at_first] = [last.value if last else 0.0 for last in lasts]
-    has_prev[at_first] = [last is not None for last in lasts]
+    has_prev = ~first
+    has_prev[first] = [last is not None for last in lasts]
+    prev_ts[first] = [last.ts_us if last else 0 for last in lasts]
     if (has_prev & (s_ts < prev_ts)).any():
         return _exact(cur, cache, after, upto)  # a backdated row: let SQL order it
-    kind = table.column("kind")
-    own = pc.equal(kind, "delta").to_numpy(zero_copy_only=False)[order]
-    counted = pc.is_in(kind, pa.array(CUMULATIVE)).to_numpy(zero_copy_only=False)[order]
-    counted &= has_prev
-    s_delta = np.where(own, s_value, np.where(s_value >= prev_value, s_value - prev_value,
-                                              s_value))  # fmt: skip
-    delta, has_delta = np.empty(n), np.empty(n, bool)
-    delta[order], has_delta[order] = s_delta, own | counted
-    delta[~has_delta] = 0.0
+    # In time order within each series, so each row's delta is against the one before
+    # it, or the one the cache knows.
+    before = {key: last for key, last in zip(keys, lasts, strict=True) if last is not None}
+    batches = with_deltas_in(cur, table, _as_rows(before, table.schema), after, upto,
+                             cache.known)  # fmt: skip
     # Each series' latest is now its last row here.
     last_rows = np.flatnonzero(np.r_[first[1:], True])
-    for key, t, s, v in zip(keys, s_ts[last_rows].tolist(),
-                            table.column("seq").to_numpy()[order][last_rows].tolist(),
-                            s_value[last_rows].tolist(), strict=True):  # fmt: skip
+    seqs = table.column("seq").to_numpy()[order][last_rows].tolist()
+    values = table.column("value").to_numpy()[order][last_rows].tolist()
+    for key, t, s, v in zip(keys, s_ts[last_rows].tolist(), seqs, values, strict=True):
         cache.put(key, Last(t, s, v))
-    block = block_of(table, delta, has_delta, cache.known, cur)
-    return batches_of(block, read_failures(cur, int(block.batch[0]), int(block.batch[-1])))
+    return batches
+
+
+def _as_rows(lasts: dict[SeriesKey, Last], schema: pa.Schema) -> pa.Table:
+    """The cache's latest samples as rows of `_NEW_ROWS` (their kind does not matter: a
+    delta is decided by the kind of the row it is for)."""
+    return pa.table({
+        "seq": [last.seq for last in lasts.values()],
+        "batch": [0] * len(lasts),
+        "ts": pa.array([last.ts_us for last in lasts.values()], pa.timestamp("us", tz="UTC")),
+        "series_id": list(lasts),
+        "kind": ["gauge"] * len(lasts),
+        "value": [last.value for last in lasts.values()],
+    }).cast(schema)  # fmt: skip
 
 
 def _exact(

@@ -111,3 +111,20 @@ def test_one_batch_or_many_give_the_same_messages() -> None:
         together = encode_batches(batches, flt, "ep")
         alone = [encode_batches([b], flt, "ep")[0] for b in batches]
         assert together == alone
+
+
+def test_two_rows_of_one_name_in_a_batch_add_their_deltas_and_the_later_value_wins() -> None:
+    # Two tenants' series of one source and name (a push fills tenant, tool and session per
+    # event), then a dotted name and `up`: what a dashboard adds up for one name.
+    local, acme = SERIES.index(Series("local", None, None, "a", "x", ())), SERIES.index(
+        Series("acme", "t", None, "a", "x", ()))  # fmt: skip
+    up = SERIES.index(Series("local", None, None, "a", "up", ()))
+    dotted = SERIES.index(Series("local", None, None, "a", "x.y", ()))
+    spec = [
+        [(local, 10.0, 2.0, 0), (acme, 7.0, 3.5, 0), (up, 0.0, None, 0), (dotted, 1.0, -0.0, 0)]
+    ]
+    (messages,) = encode_batches(_batches(spec), Filter(), "ep")
+    message = orjson.loads(messages[0].text)
+    # `x.y` cannot nest under the leaf `x`: it stays dotted.
+    assert message["data"] == {"a": {"x": 7, "status": "down", "x.y": 1}}
+    assert message["deltas"] == {"a": {"x": 5.5, "x.y": 0}}
