@@ -18,6 +18,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from bench.stream import rss_kib
@@ -29,9 +30,14 @@ TOP = 15
 
 
 def _duckdb_mib() -> float | None:
+    """What the server's database's buffer manager holds (the CLI's start-up check opens
+    and closes another Database first: a closed one is skipped)."""
     for obj in gc.get_objects():
         if isinstance(obj, Database):
-            cur = obj.cursor()
+            try:
+                cur = obj.cursor()
+            except duckdb.Error:
+                continue  # closed
             try:
                 (used,) = cur.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()"
                                       ).fetchall()[0]  # fmt: skip

@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import aiohttp
@@ -125,8 +125,10 @@ class Collector:
         client: aiohttp.ClientSession,
         sources: Sequence[Source],
         tenants: TenantRegistry | None = None,
+        observe_scrape: Callable[[str, Scrape], None] | None = None,
     ) -> None:
         self._client = client
+        self._observe_scrape = observe_scrape  # each scrape, with its tenant (`/metrics`)
         self.sources = list(sources)
         self._tenants = tenants if tenants is not None else TenantRegistry()
         self.last: dict[tuple[str, str], Scrape] = {}
@@ -168,4 +170,6 @@ class Collector:
                    zip(tasks, sources, strict=True)]  # fmt: skip
         for result in results:
             self.last[(tenant_id, result.source.name)] = result
+            if self._observe_scrape is not None:
+                self._observe_scrape(tenant_id, result)
         return tick_rows(tenant_id, results)

@@ -25,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ingest.collector import Collector
 from ingest.writer import Commit, Writer
+from schemas.outcomes import Outcome
 from schemas.times import utcnow
 
 log = logging.getLogger("omnimetrics.ingest")
@@ -40,6 +41,7 @@ _JOB_PREFIX = "collect:"
 class TickCounts:
     """How one tenant's ticks went since the start."""
 
+    outcome: Outcome  # whether the latest tick ran to its commit
     run: int = 0
     skipped: int = 0
     last_skipped_at: float | None = None  # time.monotonic()
@@ -84,7 +86,7 @@ class CollectionJobs:
         interval = self.interval(tenant_id)
         if interval is None:
             return None
-        counts = self.counts.setdefault(tenant_id, TickCounts())
+        counts = self._counts(tenant_id)
         counts.run += 1
         started = time.perf_counter()
         tick = await self._collector.collect(tenant_id, interval)
@@ -107,15 +109,25 @@ class CollectionJobs:
         except asyncio.CancelledError:
             pass  # the scheduler stopped; the tick goes on under stop()'s grace
 
+    def _counts(self, tenant_id: str) -> TickCounts:
+        counts = self.counts.get(tenant_id)
+        if counts is None:
+            outcome = Outcome(f"the collection tick of tenant {tenant_id!r}")
+            counts = self.counts[tenant_id] = TickCounts(outcome)
+        return counts
+
     async def _guarded(self, tenant_id: str) -> None:
+        outcome = self._counts(tenant_id).outcome
         try:
             await self.tick(tenant_id)
         except asyncio.CancelledError:
             # Shutdown, after the grace period: what was committed stays, the rest is
             # abandoned. Not an error, and not a traceback.
             log.info("collection tick for tenant %s abandoned at shutdown", tenant_id)
-        except Exception:  # a failed tick must not kill the job; health reports it
-            log.exception("collection tick for tenant %s failed", tenant_id)
+        except Exception as exc:  # a failed tick must not kill the job; health reports it
+            outcome.failed(exc)
+        else:
+            outcome.succeeded()
 
     def _skipped(self, event: JobEvent) -> None:
         """APScheduler's word that a run time did not run: counted, never silent."""
@@ -123,7 +135,7 @@ class CollectionJobs:
             return
         tenant_id = event.job_id.removeprefix(_JOB_PREFIX)
         times = getattr(event, "scheduled_run_times", None) or [None]
-        counts = self.counts.setdefault(tenant_id, TickCounts())
+        counts = self._counts(tenant_id)
         now = time.monotonic()
         counts.skipped += len(times)
         counts.unlogged += len(times)

@@ -24,7 +24,7 @@ from ingest.push import (
     parse_events,
     read_capped,
 )
-from ingest.writer import TooManySeries, Writer
+from ingest.writer import TooManySeries, WriteFailed, Writer
 from schemas.auth import AuthError, Principal
 from schemas.http import error_response, validation_error_response
 from schemas.models import IngestAccepted, IngestBatch, IngestEvent, NoParams
@@ -59,6 +59,8 @@ _INGEST_BODY = {
         413: {"description": "body over the limit (10 MiB by default)"},
         422: {"description": "invalid, too many events in one request, or too many series"},
         429: {"description": "over the tenant's events per minute (see Retry-After)"},
+        503: {"description": "the store could not write; nothing was stored (see Retry-After)"},
+        507: {"description": "the disk is full; nothing was stored (see Retry-After)"},
     },
 )
 async def ingest(request: Request) -> Response:
@@ -111,6 +113,25 @@ async def ingest(request: Request) -> Response:
         return error_response(422, str(exc))
     accepted = IngestAccepted.model_construct(accepted=len(events), seq=writer.last_seq)
     return Response(orjson.dumps(accepted.__dict__), 202, media_type="application/json")
+
+
+DISK_FULL_RETRY_SECONDS = 30  # an operator has to free space
+WRITE_FAILED_RETRY_SECONDS = 5
+
+
+def write_failed_response(exc: WriteFailed) -> Response:
+    """507 (disk full) or 503 with the store's reason and a Retry-After: the request's
+    writes were not stored, and the same request may be sent again."""
+    if exc.disk_full:
+        status, retry, what = 507, DISK_FULL_RETRY_SECONDS, "the disk is full"
+    else:
+        status, retry, what = 503, WRITE_FAILED_RETRY_SECONDS, "the store could not write"
+    return error_response(
+        status,
+        f"{what}, nothing of this request was stored; retry later ({exc.reason})",
+        None,
+        **{"Retry-After": str(retry)},
+    )
 
 
 def own_tenant(events: list[Event] | Columns, tenant_id: str) -> list[Event] | Columns:

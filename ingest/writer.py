@@ -11,6 +11,7 @@ the event loop.
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -44,13 +45,24 @@ from ingest.staging import (
 )
 from schemas import rollups
 from schemas.db import Database
+from schemas.outcomes import describe, disk_full
 from schemas.rows import SampleRow, ScrapeRow, to_arrow
 from schemas.signals import Appended, AppendSignal
 from schemas.times import utcnow
 
 T = TypeVar("T")
 
-__all__ = ["Commit", "EventKey", "Events", "Pushed", "TooManySeries", "Writer"]
+__all__ = ["Commit", "EventKey", "Events", "Pushed", "TooManySeries", "WriteFailed", "Writer"]
+
+
+class WriteFailed(Exception):
+    """The store could not make a write, and nothing of it was stored: `reason` says
+    why, `disk_full` when the disk (or a quota) is full. Pushes answer 507 or 503."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.reason = describe(cause)
+        self.disk_full = disk_full(cause)
+        super().__init__(self.reason)
 
 
 class Writer:
@@ -62,8 +74,10 @@ class Writer:
         signal: AppendSignal,
         max_series_per_tenant: int = DEFAULT_MAX_SERIES_PER_TENANT,
         small_group_rows: int = SMALL_GROUP_ROWS,
+        observe_commit: Callable[[float], None] | None = None,
     ) -> None:
         self._db = db
+        self._observe_commit = observe_commit  # each transaction's seconds (`/metrics`)
         self._small_group_rows = small_group_rows  # pushes of up to this many rows, per row
         self.series = SeriesIndex(max_series_per_tenant)
         self._signal = signal
@@ -71,11 +85,15 @@ class Writer:
             max_workers=1, thread_name_prefix="omnimetrics-writer"
         )
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_seq = 1
         self._next_batch = 1
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the latest write's failure, until one succeeds
+        self.errors = 0  # failed transactions, since start
         self.transactions = 0  # committed, since start (group commit: fewer than batches)
+        self.batches = 0  # committed, since start
+        self.rows = 0
         self._pushes: list[tuple[Request, concurrent.futures.Future[Commit | None]]] = []
         self._pushes_lock = threading.Lock()
         self.series_skipped = 0  # scraped samples left out: new series over a tenant's limit
@@ -118,6 +136,8 @@ class Writer:
         already stored. Requests that arrive while a write is in progress are committed
         together in the next transaction (group commit), each still its own batch, all or
         nothing, and answered only once that transaction has committed."""
+        if self._closing:  # refused (503), not lost: the client may send it again
+            raise WriteFailed(RuntimeError("the server is shutting down"))
         done: concurrent.futures.Future[Commit | None] = concurrent.futures.Future()
         with self._pushes_lock:
             self._pushes.append((events, done))
@@ -138,11 +158,11 @@ class Writer:
         results: list[Staged | TooManySeries | None] = []
         try:
             results = self._stage_group(con, [events for events, _ in group])
-            insert(con, [r for r in results if isinstance(r, Staged)])
+            self._insert(con, [r for r in results if isinstance(r, Staged)])
         except Exception as exc:
-            self._failed(exc)
+            failed = self._failed(exc)
             if len(group) == 1:
-                group[0][1].set_exception(exc)
+                group[0][1].set_exception(failed)
                 return
             for events, done in group:  # one at a time: only the bad one fails
                 try:
@@ -163,8 +183,7 @@ class Writer:
         try:
             (result,) = self._stage_group(con, [events])
         except Exception as exc:
-            self._failed(exc)
-            raise
+            raise self._failed(exc) from exc
         if isinstance(result, TooManySeries):
             raise result  # the request's own fault: the writer is fine
         return self._commit_one(con, result)
@@ -229,10 +248,14 @@ class Writer:
         """Record new settings for a tenant (appended; the newest row is in force)."""
 
         def write() -> None:
-            self._connection().execute(
-                "INSERT INTO tenant_settings VALUES ($tenant, $at, $doc)",
-                {"tenant": tenant_id, "at": utcnow(), "doc": settings_json},
-            )
+            try:
+                self._connection().execute(
+                    "INSERT INTO tenant_settings VALUES ($tenant, $at, $doc)",
+                    {"tenant": tenant_id, "at": utcnow(), "doc": settings_json},
+                )
+            except Exception as exc:
+                raise self._failed(exc) from exc
+            self.last_error = None
 
         await self._run(write)
 
@@ -245,8 +268,11 @@ class Writer:
             try:
                 until = rollups.refresh(con, now, head=self.last_seq)
                 con.commit()
-            except Exception:
-                con.rollback()
+            except BaseException:
+                # A commit that failed has already ended the transaction; its error is
+                # the one to report, not the rollback's "no transaction is active".
+                with contextlib.suppress(duckdb.Error):
+                    con.rollback()
                 raise
             return until
 
@@ -274,10 +300,9 @@ class Writer:
         """Insert one batch in a transaction of its own, then announce it."""
         staged = [one] if one is not None else []
         try:
-            insert(con, staged)
+            self._insert(con, staged)
         except Exception as exc:
-            self._failed(exc)
-            raise
+            raise self._failed(exc) from exc
         self._finish(staged)
         return one.commit if one is not None else None
 
@@ -315,9 +340,18 @@ class Writer:
         last_ts = table.column("ts")[n - 1].as_py() if n else None
         return Staged(commit, tenants, last_ts, resolved, points, scraped, list(keys))
 
-    def _failed(self, exc: Exception) -> None:
-        """A write failed (`insert` has rolled it back): record why."""
-        self.last_error = f"{type(exc).__name__}: {exc}"
+    def _insert(self, con: duckdb.DuckDBPyConnection, staged: Sequence[Staged]) -> None:
+        started = time.perf_counter()
+        insert(con, staged)
+        if self._observe_commit is not None:
+            self._observe_commit(time.perf_counter() - started)
+
+    def _failed(self, exc: Exception) -> WriteFailed:
+        """A write failed (`insert` has rolled it back): record why, for `/health`."""
+        failed = exc if isinstance(exc, WriteFailed) else WriteFailed(exc)
+        self.last_error = failed.reason
+        self.errors += 1
+        return failed
 
     def _finish(self, staged: Sequence["Staged"]) -> None:
         """The transaction holding `staged` committed: remember its series, move the
@@ -326,6 +360,8 @@ class Writer:
         committed_at = time.time()
         self.transactions += 1
         for one in staged:
+            self.batches += 1
+            self.rows += one.commit.rows
             self.series.confirm(one.resolved)
             self.series_skipped += one.resolved.skipped
             self._next_seq = one.commit.last_seq + 1
@@ -342,6 +378,9 @@ class Writer:
             self._loop.call_soon_threadsafe(self._signal.publish, appended)
 
     async def close(self) -> None:
+        # Pushes handed over before this still commit (the writer's thread takes work in
+        # order); later ones are refused.
+        self._closing = True
         if self._con is not None:
             await self._run(self._con.close)
             self._con = None

@@ -3,14 +3,13 @@
 import asyncio
 import contextlib
 import gc
-import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.middleware.cors import CORSMiddleware
 
@@ -18,12 +17,15 @@ from ingest.collector import Collector, http_client
 from ingest.jobs import CollectionJobs
 from ingest.limits import EventBudget
 from ingest.routes import router as ingest_router
-from ingest.writer import Writer
+from ingest.routes import write_failed_response
+from ingest.writer import WriteFailed, Writer
 from omnimetrics.dashboard import router as dashboard_router
 from omnimetrics.dashboard import static_files
 from omnimetrics.guard import Guard
 from omnimetrics.health import router as health_router
-from omnimetrics.settings import Config, Settings, load_config, sources_for
+from omnimetrics.metrics import Metrics, StageMetrics, Stages
+from omnimetrics.metrics import router as metrics_router
+from omnimetrics.settings import Config, Settings, load_config, sources_for, with_demo_tenants
 from omnimetrics.tenant_settings import router as settings_router
 from query.legacy_routes import router as legacy_router
 from query.mirror import export_new, keep_mirror, mirror_dir
@@ -31,6 +33,7 @@ from query.routes import CURSOR_HEADER
 from query.routes import router as query_router
 from schemas.db import Database
 from schemas.http import JSONResponse, validation_error_response
+from schemas.outcomes import Outcome
 from schemas.signals import AppendSignal, Listener
 from schemas.tenants import (
     TenantRegistry,
@@ -47,7 +50,6 @@ from stream.ws import PATH as WS_PATH
 from stream.ws import ws_metrics
 
 DRAIN_SECONDS = 3.0
-log = logging.getLogger("omnimetrics")
 
 
 class Drain:
@@ -70,19 +72,19 @@ class App:
     (lifespan included) to FastAPI. A WebSocket is held for hours, and the framework's
     middleware would stay suspended on its stack all that time (stream/ws.py)."""
 
-    def __init__(self, api: FastAPI, settings: Settings) -> None:
+    def __init__(self, api: FastAPI, settings: Settings, metrics: Metrics) -> None:
         self.api = api
         self.state = api.state
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         regex = settings.origin_regex()
         self.guard = Guard(api, secret=secret, allowed_origins=settings.origins(),
                            max_body_bytes=settings.max_body_bytes,
-                           origin_regex=regex)  # fmt: skip
-        self.http: Any = self.guard
+                           origin_regex=regex, metrics_public=settings.metrics_public)  # fmt: skip
+        self.http: Any = metrics.count_pushes(self.guard)
         origins = settings.origins()
         if origins or regex:  # without any, browsers keep to the same origin (no CORS headers)
             self.http = CORSMiddleware(
-                self.guard,
+                self.http,
                 allow_origins=origins,
                 allow_origin_regex=regex,
                 allow_credentials="*" not in origins,  # never "*" with credentials
@@ -128,18 +130,24 @@ def _follow_settings(
     hub.settings_changed(tenant_id)
 
 
-async def _final_export(db: Database) -> None:
-    """A last export on shutdown, so the notebooks' mirror holds everything committed."""
-    await db.read(partial(export_new, mirror=mirror_dir(db.path), epoch=db.epoch))
+async def _final_export(db: Database, outcome: Outcome) -> None:
+    """A last export on shutdown, so the notebooks' mirror holds everything committed
+    (if it fails, the log says why in a line; the next start exports it)."""
+    try:
+        await db.read(partial(export_new, mirror=mirror_dir(db.path), epoch=db.epoch))
+    except Exception as exc:
+        outcome.failed(exc)
 
 
-async def _keep_rollups(writer: Writer, interval: float) -> None:
+async def _keep_rollups(writer: Writer, interval: float, outcome: Outcome) -> None:
     """Materialize closed hours through the writer every `interval` seconds."""
     while True:
         try:
             await writer.refresh_rollups(utcnow())
-        except Exception:
-            log.exception("could not refresh rollups; retrying")
+        except Exception as exc:
+            outcome.failed(exc)
+        else:
+            outcome.succeeded()
         await asyncio.sleep(interval)
 
 
@@ -161,9 +169,12 @@ def create_app(
     """The app; its lifespan opens every resource and closes them in reverse.
     `commit_listeners` also hear the writer's commit notices (after the stream's tail; an
     embedding program's or a benchmark's clock), under the signal's rule: never block."""
-    config = config if config is not None else load_config(settings.config)
+    config = with_demo_tenants(
+        settings, config if config is not None else load_config(settings.config)
+    )
     sources = sources_for(settings, config)
     drain = Drain()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -172,11 +183,11 @@ def create_app(
             db = Database(settings.db, memory_limit=settings.memory_limit, threads=settings.threads)
             stack.callback(db.close)
             signal = AppendSignal()
-            writer = Writer(db, signal, settings.max_series_per_tenant)
+            writer = Writer(db, signal, settings.max_series_per_tenant,
+                            observe_commit=metrics.commit_seconds.observe)  # fmt: skip
             stack.push_async_callback(writer.close)
             await writer.start()
             tenants = TenantRegistry(await _seed_tenants(db, writer, config))
-            stack.push_async_callback(_final_export, db)
             hub = Hub(
                 db.epoch,
                 writer.last_seq,
@@ -188,6 +199,7 @@ def create_app(
                     settings.max_streams_per_tenant,
                     settings.new_streams_per_second,
                 ),  # fmt: skip
+                observe_delivery=metrics.observe_delivery,
             )
             stack.callback(hub.close)
             tail = Tail(db, hub)
@@ -195,13 +207,16 @@ def create_app(
             for listener in commit_listeners:
                 stack.callback(signal.subscribe(listener))
             await stack.enter_async_context(_background(tail.run(), "omnimetrics-tail"))
-            mirror = keep_mirror(db, settings.export_interval_seconds)
+            outcomes = {"export": Outcome(f"the export to {mirror_dir(db.path)}"),
+                        "rollups": Outcome("the rollups' refresh")}  # fmt: skip
+            stack.push_async_callback(_final_export, db, outcomes["export"])
+            mirror = keep_mirror(db, settings.export_interval_seconds, outcomes["export"])
             await stack.enter_async_context(_background(mirror, "omnimetrics-mirror"))
-            rollups = _keep_rollups(writer, settings.rollup_interval_seconds)
+            rollups = _keep_rollups(writer, settings.rollup_interval_seconds, outcomes["rollups"])
             await stack.enter_async_context(_background(rollups, "omnimetrics-rollups"))
             drain.hub = hub
             client = await stack.enter_async_context(http_client(len(sources)))
-            collector = Collector(client, sources, tenants)
+            collector = Collector(client, sources, tenants, metrics.observe_scrape)
             intervals = {t: collection_interval(tenants.get(t)) for t in collector.tenants()}
             jobs = CollectionJobs(collector, writer, intervals)
             jobs.start()
@@ -215,9 +230,14 @@ def create_app(
             gc.freeze()
             stack.callback(gc.unfreeze)
             replay = ReplayGate(settings.max_replay_reads, settings.max_replaying_clients)
+            stages = StageMetrics(Stages(collector, jobs, writer, hub, replay, outcomes,
+                                         str(db.path)))  # fmt: skip
+            metrics.registry.register(stages)
+            stack.callback(metrics.registry.unregister, stages)
             yield {"db": db, "writer": writer, "collector": collector, "signal": signal,
                    "jobs": jobs, "hub": hub, "tenants": tenants, "ingest_budget": budget,
-                   "max_body_bytes": settings.max_body_bytes, "replay": replay}  # fmt: skip
+                   "max_body_bytes": settings.max_body_bytes, "replay": replay,
+                   "outcomes": outcomes, "metrics": metrics}  # fmt: skip
 
     app = FastAPI(
         title="omnimetrics",
@@ -230,7 +250,12 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error_response(exc.errors())
 
+    @app.exception_handler(WriteFailed)
+    async def _not_written(request: Request, exc: WriteFailed) -> Response:
+        return write_failed_response(exc)
+
     app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(ingest_router)
     app.include_router(query_router)
     app.include_router(legacy_router)
@@ -239,4 +264,4 @@ def create_app(
     app.include_router(dashboard_router)
     app.mount("/static", static_files, name="static")
     app.state.drain = drain
-    return App(app, settings)
+    return App(app, settings, metrics)

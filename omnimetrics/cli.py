@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -14,19 +15,23 @@ import uvicorn
 from pydantic import ValidationError
 
 from omnimetrics.app import create_app
-from omnimetrics.demo import demo_app
+from omnimetrics.demo import QuietHttpProtocol, demo_app
+from omnimetrics.logs import log_config, quietly
 from omnimetrics.memory import limit_malloc_arenas
-from omnimetrics.server import Server, build_server
+from omnimetrics.server import CannotListen, Server, build_server, listen_socket
 from omnimetrics.settings import Config, ConfigError, Settings, load_config
 from query.export import export
+from schemas.compact import CompactError, compact
 from schemas.db import Database
 from schemas.http import describe_errors
 from schemas.signals import Listener
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr and the exit code: 2 for what the user gave (flags, config,
+    files), 3 for what the machine refused (a port in use)."""
     print(f"omnimetrics: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo", action="store_true", default=None, help="also run simulated upstreams"
     )
+    serve.add_argument("--log-format", choices=["text", "json"],
+                       help="text (default) or json, a line per record")  # fmt: skip
     serve.add_argument("--ssl-certfile", type=Path, help="serve https:// and wss:// (PEM)")
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     export_ = commands.add_parser("export", help="write samples as Parquet partitioned by day")
@@ -53,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     export_.add_argument("--out", required=True, type=Path, help="folder to write into")
     export_.add_argument("--db", type=Path, help="DuckDB file (default data/omnimetrics.duckdb)")
     export_.add_argument("--tenant-id", help="only this tenant's samples")
+    compact_ = commands.add_parser(
+        "compact", help="rewrite a stopped database to its live size (after deletes)"
+    )
+    compact_.add_argument("--db", type=Path, help="DuckDB file (default data/omnimetrics.duckdb)")
     return parser
 
 
@@ -81,28 +92,55 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen(settings: Settings) -> dict[str, socket.socket]:
+    """The server's socket and the demo upstreams', bound before anything starts: a port
+    in use is one line and exit 3."""
+    wanted = {"omnimetrics": (settings.host, settings.port)}
+    if settings.demo:
+        wanted["the demo's embeddings upstream"] = ("127.0.0.1", settings.demo_embeddings_port)
+        wanted["the demo's compression upstream"] = ("127.0.0.1", settings.demo_compression_port)
+    bound: dict[str, socket.socket] = {}
+    try:
+        for what, (host, port) in wanted.items():
+            bound[what] = listen_socket(host, port)
+    except CannotListen as exc:
+        for sock in bound.values():
+            sock.close()
+        fail(f"{exc} (for {what})", 3)
+    return bound
+
+
+def _compact(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings(**({"db": args.db} if args.db else {}))
+    except ValidationError as exc:
+        fail(describe_errors(exc.errors()))
+    try:
+        done = compact(settings.db)
+    except CompactError as exc:
+        fail(str(exc))
+    print(f"compacted {settings.db}: {done.before / 2**20:.1f} MiB -> {done.after / 2**20:.1f} MiB")
+    return 0
+
+
 async def _serve(
-    settings: Settings, config: Config, commit_listeners: Sequence[Listener] = ()
+    settings: Settings,
+    config: Config,
+    sockets: dict[str, socket.socket],
+    commit_listeners: Sequence[Listener] = (),
 ) -> None:
     """What `omnimetrics serve` runs (with the demo upstreams if asked), until a signal."""
     log_level = settings.log_level
-    demos: list[Server] = []
-    if settings.demo:
-        for kind, port in (
-            ("embeddings", settings.demo_embeddings_port),
-            ("compression", settings.demo_compression_port),
-        ):
-            cfg = uvicorn.Config(
-                demo_app(kind), host="127.0.0.1", port=port, log_level="warning", access_log=False
-            )
-            demos.append(Server(cfg, signals=False))  # the main server handles signals
-    demo_tasks = [asyncio.create_task(server.serve()) for server in demos]
-    while not all(server.started for server in demos):
+    demos: list[tuple[Server, socket.socket]] = []
+    for kind in ("embeddings", "compression") if settings.demo else ():
+        sock = sockets[f"the demo's {kind} upstream"]
+        cfg = uvicorn.Config(demo_app(kind), log_level="warning", log_config=None,
+                             http=QuietHttpProtocol)  # fmt: skip
+        demos.append((Server(cfg, signals=False), sock))  # the main server handles signals
+    demo_tasks = [asyncio.create_task(quietly(server.serve([sock]))) for server, sock in demos]
+    while not all(server.started for server, _ in demos):
         if any(task.done() for task in demo_tasks):
-            fail(
-                "a demo upstream could not start (are ports "
-                f"{settings.demo_embeddings_port}/{settings.demo_compression_port} free?)"
-            )
+            fail("a demo upstream could not start", 3)
         await asyncio.sleep(0.05)
     app = create_app(settings, config, commit_listeners)
     main = build_server(
@@ -113,11 +151,12 @@ async def _serve(
         send_buffer=settings.socket_send_buffer_bytes,
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
+        log_config=log_config(log_level, settings.log_format),
     )
     try:
-        await main.serve()
+        await main.serve([sockets["omnimetrics"]])
     finally:
-        for server in demos:
+        for server, _ in demos:
             server.should_exit = True
         await asyncio.gather(*demo_tasks, return_exceptions=True)
 
@@ -159,6 +198,8 @@ def main(argv: Sequence[str] | None = None, commit_listeners: Sequence[Listener]
     args = _parser().parse_args(argv)
     if args.command == "export":
         return _export(args)
+    if args.command == "compact":
+        return _compact(args)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         settings = Settings(**overrides)
@@ -171,8 +212,9 @@ def main(argv: Sequence[str] | None = None, commit_listeners: Sequence[Listener]
         fail(str(exc))
     _check_database(settings)
     _check_tls(settings)
+    sockets = _listen(settings)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(_serve(settings, config, commit_listeners))
+        runner.run(_serve(settings, config, sockets, commit_listeners))
     return 0
 
 

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 RESTART_CHANCE_PER_SECOND = 1 / 400
 OUTAGE_CHANCE_PER_SECOND = 1 / 300
@@ -104,3 +105,13 @@ def demo_app(kind: str, seed: int | None = None) -> Starlette:
         return JSONResponse(sim.stats(now))
 
     return Starlette(routes=[Route("/stats", stats)])
+
+
+class QuietHttpProtocol(HttpToolsProtocol):
+    """The demo upstreams' HTTP: no access lines (two a second would drown the log).
+    uvicorn decides per connection from the shared `uvicorn.access` logger, so the
+    main server's configuration alone cannot tell them apart."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.access_log = False

@@ -9,7 +9,8 @@
   1008 with the reason, so a browser can show it). The tenant is the credential's: a
   `tenant_id` parameter naming another is a 403 (WebSocket: 1008), and a route that takes
   `tenant_id` gets the credential's when none is given, so nothing can widen it. Scopes:
-  `write` for `POST /ingest`, `admin` to change settings, `read` for the rest.
+  `write` for `POST /ingest`, `admin` to change settings and for `/metrics` (open with
+  `OMNIMETRICS_METRICS_PUBLIC=true`), `read` for the rest.
 
 The credential travels as `Authorization: Bearer <jwt>`, or as `?token=` on the two
 stream routes (browsers cannot set headers there).
@@ -30,8 +31,9 @@ OPEN_PATHS = frozenset(("/health", "/", "/docs", "/redoc", "/openapi.json"))
 OPEN_PREFIXES = ("/static/", "/docs/")
 STREAM_PATHS = frozenset(("/ws/metrics", "/stream/metrics"))
 # Routes without a `tenant_id` parameter (the tenant is in the body, or none applies).
-NO_TENANT_PARAM = frozenset(("/ingest", "/settings/profiles"))
-ADMIN = frozenset((("PUT", "/settings"), ("POST", "/settings/reset")))
+NO_TENANT_PARAM = frozenset(("/ingest", "/settings/profiles", "/metrics"))
+ADMIN = frozenset((("PUT", "/settings"), ("POST", "/settings/reset"), ("GET", "/metrics")))
+METRICS_PATH = "/metrics"
 
 
 def required_scope(method: str, path: str) -> Scope:
@@ -55,8 +57,10 @@ class Guard:
         allowed_origins: list[str],
         max_body_bytes: int,
         origin_regex: str | None = None,
+        metrics_public: bool = False,
     ) -> None:
         self.app = app
+        self.metrics_public = metrics_public  # `/metrics` without a credential
         self.secret = secret
         self.allowed_origins = frozenset(allowed_origins)
         self.origin_pattern = re.compile(origin_regex) if origin_regex else None
@@ -72,7 +76,7 @@ class Guard:
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             await _json(send, 413, f"request body is over the {self.max_body_bytes}-byte limit")
             return
-        if self.secret is not None and not _is_open(scope["path"]):
+        if self.secret is not None and not self._is_open(scope["path"]):
             try:
                 scope = self._authorize(scope, headers, scope["method"])
             except AuthError as exc:
@@ -112,7 +116,7 @@ class Guard:
         if not self._origin_allowed(headers):
             await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
             return None
-        if self.secret is None or _is_open(scope["path"]):
+        if self.secret is None or self._is_open(scope["path"]):
             return scope
         try:
             return self._authorize(scope, headers, "GET")
@@ -121,6 +125,9 @@ class Guard:
                 await send({"type": "websocket.accept"})
                 await send({"type": "websocket.close", "code": 1008, "reason": exc.reason})
             return None
+
+    def _is_open(self, path: str) -> bool:
+        return _is_open(path) or (self.metrics_public and path == METRICS_PATH)
 
     def _origin_allowed(self, headers: dict[str, str]) -> bool:
         origin = headers.get("origin")

@@ -11,6 +11,7 @@ from ingest.jobs import CollectionJobs
 from ingest.writer import Writer
 from schemas.http import JSONResponse
 from schemas.models import NoParams
+from schemas.outcomes import Outcome
 from schemas.times import rfc3339, utcnow
 from stream.hub import Hub
 from stream.replay import ReplayGate
@@ -20,21 +21,24 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSONResponse:
-    """200 while the process serves; `degraded` while a source or the last write fails."""
+    """200 while the process serves; `degraded`, with `reasons`, while a source is down,
+    the latest write, tick, export or rollup refresh failed, or a tick was skipped lately."""
     writer = cast(Writer, request.state.writer)
     collector = cast(Collector, request.state.collector)
     hub = cast(Hub, request.state.hub)
     jobs = cast(CollectionJobs, request.state.jobs)
     replay = cast(ReplayGate, request.state.replay)
+    outcomes = cast(dict[str, Outcome], request.state.outcomes)
     sources: dict[str, dict[str, Any]] = {}
-    degraded = writer.last_error is not None
+    down: list[str] = []
     for source in collector.sources:
         last = collector.last.get((source.tenant_id, source.name))
         key = source.name if source.tenant_id == "local" else f"{source.tenant_id}/{source.name}"
         if last is None:
             sources[key] = {"status": "pending", "url": source.url}
             continue
-        degraded = degraded or not last.up
+        if not last.up:
+            down.append(f"source {key!r} is down: {last.error}")
         sources[key] = {
             "status": "healthy" if last.up else "down",
             "url": source.url,
@@ -46,16 +50,22 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
     skipped = jobs.skipped_recently()
     reasons = [f"tenant {t!r}: collection ticks skipped in the last minute ({n} since the "
                "start)" for t, n in skipped.items()]  # fmt: skip
-    degraded = degraded or bool(skipped)
+    if writer.last_error is not None:
+        reasons.append(f"the latest write failed: {writer.last_error}")
+    reasons += [_failing(c.outcome) for c in jobs.counts.values() if c.outcome.error]
+    reasons += [_failing(o) for o in outcomes.values() if o.error is not None]
+    reasons += down
     return JSONResponse(
         {
-            "status": "degraded" if degraded else "healthy",
+            "status": "degraded" if reasons else "healthy",
             "reasons": reasons,
             "sources": sources,
             "collection": {
                 t: {
                     "ticks_run": c.run,
                     "ticks_skipped": c.skipped,
+                    "ticks_failed": c.outcome.failures,
+                    "error": c.outcome.error,
                     "tick_seconds": _quantiles(c.seconds),  # scrapes, parse and the write
                     "collect_seconds": _quantiles(c.collect_seconds),  # scrapes and parse
                 }
@@ -64,6 +74,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
             "writer": {
                 "last_seq": writer.last_seq,
                 "error": writer.last_error,
+                "errors": writer.errors,
                 "transactions": writer.transactions,
                 "series": len(writer.series),
                 "series_limit_skipped": writer.series_skipped,
@@ -79,9 +90,15 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 "catch_up_pages_served": replay.shared.served,  # to clients, shared or not
                 "catch_up_refused": replay.refused,
             },
+            "jobs": {name: outcome.report() for name, outcome in outcomes.items()},
             "time": rfc3339(utcnow()),
         }
     )
+
+
+def _failing(outcome: Outcome) -> str:
+    since = rfc3339(outcome.failing_since) if outcome.failing_since else "?"
+    return f"{outcome.what} fails (since {since}): {outcome.error}"
 
 
 def _quantiles(values: Collection[float]) -> dict[str, float] | None:

@@ -2,18 +2,22 @@
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from omnimetrics.accept import BatchAccept
 from omnimetrics.app import App
 from omnimetrics.upgrades import TurnTakingHttpProtocol
 from omnimetrics.ws_protocol import FanoutWSProtocol
 from stream.ws import MAX_MESSAGE_BYTES
+
+log = logging.getLogger("omnimetrics")
 
 
 class Server(uvicorn.Server):
@@ -42,14 +46,13 @@ class Server(uvicorn.Server):
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         if sockets is None:
-            sock = self.config.bind_socket()
-            if self._send_buffer:
-                # Accepted connections inherit the listener's send buffer. Capped, a
-                # client that stops reading pins at most this much kernel memory, and
-                # backpressure reaches its bounded queue instead of the kernel's
-                # multi-megabyte autotuning.
+            sockets = [listen_socket(self.config.host, self.config.port)]
+        if self._send_buffer:
+            # Accepted connections inherit the listener's send buffer. Capped, a client
+            # that stops reading pins at most this much kernel memory, and backpressure
+            # reaches its bounded queue instead of the kernel's multi-megabyte autotuning.
+            for sock in sockets:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
-            sockets = [sock]
         await super().serve(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -70,6 +73,10 @@ class Server(uvicorn.Server):
         for sock in sockets:
             accepting = BatchAccept(sock, factory, config.backlog, config.ssl)
             self.servers.append(cast(asyncio.Server, accepting))
+            host, port = sock.getsockname()[:2]
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("serving on %s://%s (Ctrl+C stops)", "https" if config.is_ssl else "http",
+                     where)  # fmt: skip
         self._listening = True
 
     async def shutdown(self, sockets: Any = None) -> None:
@@ -83,14 +90,49 @@ class Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handlers, without its raising the signal again once the shutdown is
+        done: a SIGTERM that shut the server down cleanly exits 0, not -15."""
         if self._signals:
             with super().capture_signals():
                 yield
+                self._captured_signals.clear()
         else:
             yield
 
 
 DEFAULT_SEND_BUFFER_BYTES = 256 * 1024
+
+
+LISTEN_BACKLOG = 2048  # uvicorn's default; BatchAccept sets the configured one again
+
+
+class CannotListen(Exception):
+    """The address cannot be listened on; the message says which and why, in a line."""
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` (as uvicorn binds one), or CannotListen: a port in
+    use is one line before anything starts, not uvicorn's exit from inside a task."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CannotListen(f"cannot listen on {where}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        why = (exc.strerror or str(exc)).lower()
+        raise CannotListen(f"cannot listen on {where}: {why}") from None
+    # Listening at once: a connection made before the server accepts (the demo's first
+    # scrape of its own /metrics, during startup) waits in the backlog, not refused.
+    sock.listen(LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
 
 
 def build_server(
@@ -103,9 +145,12 @@ def build_server(
     send_buffer: int = DEFAULT_SEND_BUFFER_BYTES,
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
+    log_config: dict[str, Any] | None = None,
 ) -> Server:
+    """The server for `app`; `log_config` (omnimetrics/logs.py) replaces uvicorn's own."""
     config = uvicorn.Config(
         app,
+        log_config=log_config if log_config is not None else LOGGING_CONFIG,
         host=host,
         port=port,
         ssl_certfile=ssl_certfile,

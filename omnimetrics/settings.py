@@ -16,6 +16,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.sources import Source
+from omnimetrics.logs import LogFormat
 from schemas.http import describe_errors
 from schemas.models import Label, TenantId
 from schemas.rows import Kind
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     export_interval_seconds: Annotated[float, Field(gt=0, le=55)] = 30.0
     rollup_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: LogFormat = "text"  # or "json", a line per record (omnimetrics/logs.py)
 
     # Auth (SECURITY.md): off unless a secret is set; then every route but /health and
     # the dashboard's static files needs `Authorization: Bearer <HS256 JWT>`.
@@ -53,6 +55,7 @@ class Settings(BaseSettings):
     # Browser origins allowed for CORS and WebSocket `Origin`, comma-separated; empty
     # means same origin only. "*" allows any origin, but then never with credentials.
     allowed_origins: str = ""
+    metrics_public: bool = False  # with auth on, `/metrics` needs scope admin unless true
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
 
@@ -159,7 +162,40 @@ def sources_for(settings: Settings, config: Config) -> list[Source]:
     embeddings, compression = 8000, 8001
     if settings.demo:
         embeddings, compression = settings.demo_embeddings_port, settings.demo_compression_port
-    return [
+    sources = [
         Source("embeddings", f"http://127.0.0.1:{embeddings}/stats", feature="embeddings"),
         Source("compression", f"http://127.0.0.1:{compression}/stats", feature="compression"),
     ]
+    own = _own_metrics_url(settings)
+    if settings.demo and own is not None:  # the demo watches itself too
+        sources.append(Source("omnimetrics", own, format="prometheus", tenant_id=SELF_TENANT))
+    return sources
+
+
+# The demo's scrape of its own `/metrics` is a tenant of its own, ticking every 10 s: its
+# ~130 series stay out of the demo's `local` data and streams.
+SELF_TENANT = "omnimetrics"
+SELF_INTERVAL_SECONDS = 10
+
+
+def with_demo_tenants(settings: Settings, config: Config) -> Config:
+    """`config`, with the demo's own tenant's interval unless the config sets that tenant."""
+    if not settings.demo or config.sources is not None or SELF_TENANT in config.tenants:
+        return config
+    own = SettingsUpdate(collection_interval_seconds=SELF_INTERVAL_SECONDS)
+    return config.model_copy(update={"tenants": {**config.tenants, SELF_TENANT: own}})
+
+
+def _own_metrics_url(settings: Settings) -> str | None:
+    """Where this server's `/metrics` answers over loopback; None where a scrape of its
+    own could not read it (TLS, or auth without `metrics_public`)."""
+    if settings.ssl_certfile is not None:
+        return None
+    if settings.jwt_secret is not None and not settings.metrics_public:
+        return None
+    host = settings.host
+    if host in ("0.0.0.0", "", "localhost"):
+        host = "127.0.0.1"
+    elif host == "::" or ":" in host:
+        host = "[::1]" if host == "::" else f"[{host}]"
+    return f"http://{host}:{settings.port}/metrics"

@@ -21,7 +21,6 @@ day however often it exports.
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -37,9 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.db import Database, arrow
+from schemas.outcomes import Outcome
 from schemas.times import rfc3339, utcnow
-
-log = logging.getLogger("omnimetrics.query")
 
 CHUNK_ROWS = 1_000_000
 # 4: narrow points by hour plus one series file (the series model); 3: immutable long-form
@@ -223,13 +221,16 @@ def _delete_unlisted(mirror: Path, listed: set[Path], grace: float) -> None:
                 path.unlink()
 
 
-async def keep_mirror(db: Database, interval: float) -> None:
-    """Export new samples every `interval` seconds until cancelled; failures are logged
-    and retried next time, never fatal to the service."""
+async def keep_mirror(db: Database, interval: float, outcome: Outcome | None = None) -> None:
+    """Export new samples every `interval` seconds until cancelled; a failure is recorded
+    in `outcome` (for `/health` and the log) and retried next time, never fatal."""
     mirror = mirror_dir(db.path)
+    outcome = outcome if outcome is not None else Outcome(f"the export to {mirror}")
     while True:
         try:
             await db.read(partial(export_new, mirror=mirror, epoch=db.epoch))
-        except Exception:
-            log.exception("could not export samples to %s; retrying", mirror)
+        except Exception as exc:
+            outcome.failed(exc)
+        else:
+            outcome.succeeded()
         await asyncio.sleep(interval)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# What the browser and JavaScript tests need from the system: Chromium (Playwright drives
-# it; no browser download) and Node.js (its built-in test runner); with `bench`, what the
-# benchmarks need: wrk (the load generator of the push benchmark) and Prometheus (beside
-# the scrape benchmark). Installs what is
+# What the tests need from the system: Chromium (Playwright drives it; no browser
+# download), Node.js (its built-in test runner) and Prometheus (it scrapes `/metrics`);
+# with `bench`, what the benchmarks need: wrk (the load generator of the push benchmark)
+# and Prometheus (beside the scrape benchmark). Installs what is
 # missing with apt-get, as root or through sudo; anything else is one clear error.
 set -euo pipefail
 
@@ -14,6 +14,7 @@ if [ "${1:-}" = "bench" ]; then
 else
     [ -x "$chromium" ] || missing+=(chromium)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -51,13 +51,19 @@ class Client:
     __slots__ = (
         "filter", "start_seq", "sent_seq", "budget", "overflowed", "shutdown", "too_big",
         "refused", "rate", "burst", "direct", "_tokens", "_stamp", "_ended", "_queue",
-        "_bytes", "_waiter", "_clock",
+        "_bytes", "_waiter", "_clock", "transport",
     )  # fmt: skip
 
     def __init__(
-        self, flt: Filter, start_seq: int, budget: int, clock: Callable[[], float] = time.monotonic
+        self,
+        flt: Filter,
+        start_seq: int,
+        budget: int,
+        clock: Callable[[], float] = time.monotonic,
+        transport: str = "ws",
     ) -> None:
         self.filter = flt
+        self.transport = transport  # "ws" or "sse"
         self.start_seq = start_seq  # the hub's position when it joined: live starts after
         self.sent_seq = start_seq
         self.budget = budget
@@ -239,8 +245,13 @@ class Hub:
         keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
         policy: Callable[[str], StreamPolicy] = _unpaced,
         limits: StreamLimits | None = None,
+        observe_delivery: Callable[[float, float], None] | None = None,
     ) -> None:
         self.epoch = epoch
+        # Each batch's commit-to-sent and fan-out seconds, once every client has it (`/metrics`).
+        self._observe_delivery = observe_delivery
+        self.transports: Counter[str] = Counter()  # open streams by transport
+        self.overflows = 0  # clients ended for falling too far behind, since start
         self.policy = policy  # the stream side of a tenant's settings
         self.limits = limits or StreamLimits()
         self._per_tenant: Counter[str] = Counter()
@@ -280,9 +291,9 @@ class Hub:
         self._new_tokens -= 1
         return None
 
-    def add(self, flt: Filter) -> Client:
+    def add(self, flt: Filter, transport: str = "ws") -> Client:
         """Join a client (ended at once, with the reason, if its settings refuse it)."""
-        client = Client(flt, self.position, self.budget)
+        client = Client(flt, self.position, self.budget, transport=transport)
         if self.closed:
             client.end_for_shutdown()
         self._apply(client)
@@ -292,6 +303,7 @@ class Hub:
     def _join(self, client: Client) -> None:
         self._by_filter.setdefault(client.filter, set()).add(client)
         self._per_tenant[settings_tenant(client.filter)] += 1
+        self.transports[client.transport] += 1
         self._count += 1
         self._emptied.clear()
 
@@ -316,7 +328,9 @@ class Hub:
         if clients is not None and client in clients:
             clients.discard(client)
             self._per_tenant[settings_tenant(client.filter)] -= 1
+            self.transports[client.transport] -= 1
             self._count -= 1
+            self.overflows += client.overflowed
             if not clients:
                 del self._by_filter[client.filter]
         if not self._by_filter:
@@ -375,6 +389,8 @@ class Hub:
         now = time.perf_counter()
         self.commit_to_sent_ms.append((now - pending[1]) * 1000)
         self.fanout_ms.append((now - pending[2]) * 1000)
+        if self._observe_delivery is not None:
+            self._observe_delivery(now - pending[1], now - pending[2])
 
     def sent(self, seq: int) -> None:
         """A client's sender handed message `seq` to its connection."""

@@ -73,7 +73,7 @@ async def _sse_events(
     flt: Filter,
     since: str | None,
 ) -> AsyncIterator[bytes]:
-    session = await open_session(db, hub, flt, since, "SSE connection established", ticket)
+    session = await open_session(db, hub, flt, since, "SSE connection established", ticket, "sse")
     client = session.client
     try:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()

@@ -40,9 +40,10 @@ async def open_session(
     since: str | None,
     greeting: str,
     ticket: Ticket | None = None,
+    transport: str = "ws",
 ) -> Session:
     """Join the hub first, then decide the resume point: nothing is missed in between."""
-    client = hub.add(flt)
+    client = hub.add(flt, transport)
     try:
         session = await _greet(db, hub, client, since, greeting)
     except BaseException:

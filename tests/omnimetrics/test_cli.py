@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +13,8 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from schemas.db import Database
 from tests.helpers import Reply, Upstream, free_port, wait_for
@@ -133,12 +136,12 @@ def test_serve_demo_shows_live_data_within_seconds(
     started = time.monotonic()
     port = start(processes, "--demo", "--db", str(tmp_path / "demo.duckdb"), env=env)
 
-    def both_sources() -> set[str]:
+    def every_source() -> set[str]:  # the demo's two upstreams, and its own /metrics
         series = httpx.get(f"http://127.0.0.1:{port}/api/v1/latest").json()["series"]
         got = {s["source"] for s in series if s["metric"] == "up" and s["value"] == 1}
-        return got if got == {"embeddings", "compression"} else set()
+        return got if got == {"embeddings", "compression", "omnimetrics"} else set()
 
-    wait_for(both_sources, timeout=10, interval=0.2)
+    wait_for(every_source, timeout=10, interval=0.2)
     assert time.monotonic() - started < 15
     latest = httpx.get(f"http://127.0.0.1:{port}/api/v1/latest", params={"source": "embeddings"})
     metrics = {s["metric"]: s["kind"] for s in latest.json()["series"]}
@@ -297,7 +300,7 @@ def test_sigterm_during_a_tick_ends_it_cleanly(tmp_path: Path) -> None:
         requested = upstream.requests["/slow"]
     log = err.decode()
     assert time.monotonic() - started < 10
-    assert proc.returncode in (0, -signal.SIGTERM), log  # uvicorn re-raises the signal
+    assert proc.returncode == 0, log  # a clean shutdown, not the signal raised again
     assert "Traceback" not in log and "CancelledError" not in log, log
     assert "abandoned" not in log  # it finished within the grace period
     # Every scrape that was sent, the one in flight at SIGTERM too, was committed.
@@ -308,3 +311,165 @@ def test_sigterm_during_a_tick_ends_it_cleanly(tmp_path: Path) -> None:
     finally:
         db.close()
     assert written == requested
+
+
+@pytest.mark.parametrize("which", ["server", "demo upstream"])
+def test_a_port_in_use_is_one_line_and_exit_3(tmp_path: Path, which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        port = busy if which == "server" else str(free_port())
+        env = {"OMNIMETRICS_DEMO_EMBEDDINGS_PORT": busy if which != "server" else str(free_port()),
+               "OMNIMETRICS_DEMO_COMPRESSION_PORT": str(free_port())}  # fmt: skip
+        result = run_cli("serve", "--demo", "--port", port, "--db", str(tmp_path / "t.duckdb"),
+                         env=env)  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    what = "omnimetrics" if which == "server" else "the demo's embeddings upstream"
+    assert lines[0] == (
+        f"omnimetrics: error: cannot listen on 127.0.0.1:{busy}: address already in use "
+        f"(for {what})"
+    )
+
+
+def test_json_logs_are_one_object_a_line_and_probes_and_the_demo_are_quiet(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {**os.environ, "OMNIMETRICS_DEMO_EMBEDDINGS_PORT": str(free_port()),
+           "OMNIMETRICS_DEMO_COMPRESSION_PORT": str(free_port())}  # fmt: skip
+    proc = subprocess.Popen(
+        [*EXE, "serve", "--demo", "--port", str(port), "--db", str(tmp_path / "t.duckdb"),
+         "--log-format", "json"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def scraped_itself() -> bool:  # the demo's own /metrics, scraped every tick
+            try:
+                latest = httpx.get(f"{base}/api/v1/latest", params={"source": "omnimetrics"},
+                                   timeout=2).json()  # fmt: skip
+            except httpx.HTTPError:
+                return False
+            return any(s["metric"] == "omnimetrics_ticks_total" for s in latest["series"])
+
+        wait_for(scraped_itself, timeout=30, interval=0.2)
+        for _ in range(3):
+            httpx.get(f"{base}/health")
+            httpx.get(f"{base}/metrics")
+        assert httpx.get(f"{base}/api/v1/nothing-here").status_code == 404
+        time.sleep(1.5)  # a few more ticks: the demo upstreams are asked twice each
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - started < 10 and proc.returncode == 0
+    lines = [orjson.loads(line) for line in err.decode().splitlines()]  # each one JSON
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    paths = [line["path"] for line in access]
+    assert "/api/v1/nothing-here" in paths and access[paths.index("/api/v1/nothing-here")][
+        "status"] == 404  # fmt: skip
+    assert not any(p.startswith(("/health", "/metrics", "/stats")) for p in paths), paths
+    assert not any("Traceback" in line["message"] for line in lines)
+    messages = [line["message"] for line in lines]
+    assert messages.count(f"Started server process [{proc.pid}]") == 1, messages
+
+
+def test_sigterm_commits_or_refuses_every_push_and_ends_streams_with_their_cursor(
+    tmp_path: Path,
+) -> None:
+    """Pushers and a WebSocket and an SSE client when SIGTERM arrives: each push is
+    committed (202) or refused (503) or never reached the server, the WebSocket closes
+    1001 with its resume cursor, the SSE stream ends, and the process exits 0 within 10 s."""
+    config = tmp_path / "none.toml"
+    config.write_text("sources = []\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [*EXE, "serve", "--port", str(port), "--config", str(config),
+         "--db", str(tmp_path / "t.duckdb")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    answers: dict[str, int | None] = {}  # event id -> status (None: no answer)
+    stop = threading.Event()
+
+    def pusher(worker: int) -> None:
+        with httpx.Client(timeout=15) as client:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                event_id = f"w{worker}-{i}"
+                body = {"source": "pusher", "kind": "gauge", "metrics": {"n": i},
+                        "event_id": event_id}  # fmt: skip
+                try:
+                    answers[event_id] = client.post(f"{base}/ingest", json=body).status_code
+                except httpx.HTTPError:
+                    answers[event_id] = None
+                    return  # the server is going away
+
+    closed: list[tuple[int, str]] = []
+    sse_lines: list[str] = []
+
+    def watcher() -> None:
+        with ws_connect(f"ws://127.0.0.1:{port}/ws/metrics", open_timeout=10) as ws:
+            try:
+                while True:
+                    ws.recv(timeout=20)
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None
+                closed.append((exc.rcvd.code, exc.rcvd.reason))
+
+    def sse() -> None:
+        with httpx.stream("GET", f"{base}/stream/metrics", timeout=20) as response:
+            sse_lines.extend(response.iter_lines())  # returns when the stream ends
+
+    try:
+        wait_for(lambda: _answers(base), timeout=30, interval=0.1)
+        threads = [threading.Thread(target=pusher, args=(w,)) for w in range(6)]
+        threads += [threading.Thread(target=watcher), threading.Thread(target=sse)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: sum(1 for s in list(answers.values()) if s == 202) >= 50, timeout=30)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - started
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    log = err.decode()
+    assert proc.returncode == 0 and elapsed < 10, log
+    assert "Traceback" not in log, log
+    statuses = set(answers.values())
+    assert statuses <= {202, 503, None}, statuses
+    assert closed and closed[0][0] == 1001, closed
+    assert closed[0][1].startswith("server shutting down; resume from "), closed
+    assert any(line.startswith("data:") for line in sse_lines)  # it was served, then ended
+    db = Database(tmp_path / "t.duckdb", read_only=True)
+    try:
+        stored = db.read_sync(lambda c: {r[0] for r in c.execute(
+            "SELECT event_id FROM ingest_events").fetchall()})  # fmt: skip
+    finally:
+        db.close()
+    acknowledged = {e for e, status in answers.items() if status == 202}
+    refused = {e for e, status in answers.items() if status == 503}
+    assert acknowledged <= stored  # every 202 was committed
+    assert not refused & stored  # a 503 stored nothing
+    assert stored <= set(answers)
+
+
+def _answers(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
