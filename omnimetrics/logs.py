@@ -3,8 +3,8 @@
 uvicorn applies (its own loggers and ours alike).
 
 Access lines for `GET /metrics` and `GET /health` that answered 200 are left out: they
-are monitoring's probes (the demo scrapes its own `/metrics` every second), and a line
-a second of them would hide everything else."""
+are monitoring's probes (a Prometheus, a load balancer, the demo's scrape of itself),
+and their steady lines would hide everything else."""
 
 import logging
 import time
