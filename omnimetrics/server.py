@@ -73,10 +73,8 @@ class Server(uvicorn.Server):
         for sock in sockets:
             accepting = BatchAccept(sock, factory, config.backlog, config.ssl)
             self.servers.append(cast(asyncio.Server, accepting))
-            host, port = sock.getsockname()[:2]
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("serving on %s://%s (Ctrl+C stops)", "https" if config.is_ssl else "http",
-                     where)  # fmt: skip
+                     address(*sock.getsockname()[:2]))  # fmt: skip
         self._listening = True
 
     async def shutdown(self, sockets: Any = None) -> None:
@@ -110,12 +108,17 @@ class CannotListen(Exception):
     """The address cannot be listened on; the message says which and why, in a line."""
 
 
+def address(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 host in brackets (as in a URL)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def listen_socket(host: str, port: int) -> socket.socket:
     """A socket bound to `host:port` (as uvicorn binds one), or CannotListen: a port in
     use is one line before anything starts, not uvicorn's exit from inside a task."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = address(host, port)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
+        family, kind, proto, _, bind_to = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
@@ -123,7 +126,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(address)
+        sock.bind(bind_to)
     except OSError as exc:
         sock.close()
         why = (exc.strerror or str(exc)).lower()
