@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from bench import catchup, history, ingest, latest, push, scrape, soak, storm, stream
+from bench import catchup, history, ingest, latest, push, retention, scrape, soak, storm, stream
 
 
 def main() -> int:
@@ -25,6 +25,8 @@ def main() -> int:
         history.run()
     if only in (None, "latest"):
         latest.run()
+    if only in (None, "retention"):
+        retention.run()
     if only in (None, "soak"):  # 20 minutes unless `soak --minutes N`
         soak.run(sys.argv[2:])
     return 0

@@ -38,17 +38,18 @@ RUNS = 15
 UNLABELED = SAMPLE_SCHEMA.remove(SAMPLE_SCHEMA.get_field_index("labels"))
 
 
-def days() -> Iterator[pa.Table]:
-    """One Arrow table per day, time-ordered; counters restart about every two days."""
+def days(count: int = DAYS, first: datetime = START) -> Iterator[pa.Table]:
+    """One Arrow table per day from `first`, time-ordered; counters restart about every
+    two days."""
     rng = np.random.default_rng(7)
     ticks_per_day = 86_400 // STEP_S
     value = np.zeros(SOURCES)
     sources = np.array([f"src{i:03d}" for i in range(SOURCES)], dtype=object)
     tenants = np.array([f"t{i % TENANTS}" for i in range(SOURCES)], dtype=object)
     tools = np.array([f"tool{i % TOOLS}" for i in range(SOURCES)], dtype=object)
-    for day in range(DAYS):
+    for day in range(count):
         n = ticks_per_day * SOURCES
-        base = int((START + timedelta(days=day)).timestamp() * 1e6)
+        base = int((first + timedelta(days=day)).timestamp() * 1e6)
         tick = np.repeat(np.arange(ticks_per_day), SOURCES)
         values = np.empty(n)
         for t in range(ticks_per_day):

@@ -24,7 +24,7 @@ from ingest.push import (
     parse_events,
     read_capped,
 )
-from ingest.writer import TooManySeries, WriteFailed, Writer
+from ingest.writer import Expired, TooManySeries, WriteFailed, Writer
 from schemas.auth import AuthError, Principal
 from schemas.http import error_response, validation_error_response
 from schemas.models import IngestAccepted, IngestBatch, IngestEvent, NoParams
@@ -57,7 +57,10 @@ _INGEST_BODY = {
     responses={
         403: {"description": "an event names another tenant than the credential's"},
         413: {"description": "body over the limit (10 MiB by default)"},
-        422: {"description": "invalid, too many events in one request, or too many series"},
+        422: {
+            "description": "invalid, too many events in one request, too many series, or a "
+            "sample older than the tenant keeps raw samples (retention)"
+        },
         429: {"description": "over the tenant's events per minute (see Retry-After)"},
         503: {"description": "the store could not write; nothing was stored (see Retry-After)"},
         507: {"description": "the disk is full; nothing was stored (see Retry-After)"},
@@ -109,7 +112,7 @@ async def ingest(request: Request) -> Response:
         await writer.append_events(
             columns_request(events, now) if isinstance(events, Columns) else event_rows(events, now)
         )
-    except TooManySeries as exc:
+    except (TooManySeries, Expired) as exc:
         return error_response(422, str(exc))
     accepted = IngestAccepted.model_construct(accepted=len(events), seq=writer.last_seq)
     return Response(orjson.dumps(accepted.__dict__), 202, media_type="application/json")

@@ -3,14 +3,15 @@ rows of each table, and the statements that insert many batches at once."""
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import NamedTuple
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest.series import Resolved
 from schemas.labels import NO_LABELS
@@ -51,6 +52,33 @@ Request = Events | Pushed
 
 def keys_in(request: Request) -> Sequence[EventKey | None]:
     return request.keys if isinstance(request, Pushed) else [key for key, _ in request]
+
+
+def expired(
+    request: Request, raw_from: int, tenants: Mapping[str, int]
+) -> tuple[str, datetime, int] | None:
+    """The first sample (tenant, ts, cutoff) of `request` before its tenant's raw cutoff
+    (epoch seconds: `raw_from` for every tenant, a later one in `tenants`), or None."""
+    latest = _at(max([raw_from, *tenants.values()]))
+    if isinstance(request, Pushed):
+        ts, tenant = request.table.column("ts"), request.table.column("tenant_id")
+        if not request.table.num_rows or pc.min(ts).as_py() >= latest:
+            return None
+        stamps, names = ts.to_pylist(), tenant.to_pylist()
+    else:
+        stamps = [row.ts for _, rows in request for row in rows]
+        if not stamps or min(stamps) >= latest:
+            return None
+        names = [row.tenant_id for _, rows in request for row in rows]
+    for at, tenant_id in zip(stamps, names, strict=True):
+        cutoff = max(raw_from, tenants.get(tenant_id, 0))
+        if at < _at(cutoff):
+            return tenant_id, at, cutoff
+    return None
+
+
+def _at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def rows_in(request: Request) -> int:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import duckdb
@@ -35,6 +35,7 @@ from ingest.staging import (
     Pushed,
     Request,
     Staged,
+    expired,
     insert,
     keys_in,
     rows_in,
@@ -43,16 +44,25 @@ from ingest.staging import (
     tables_of,
     with_labels,
 )
-from schemas import rollups
+from schemas import retention, rollups
 from schemas.db import Database
 from schemas.outcomes import describe, disk_full
 from schemas.rows import SampleRow, ScrapeRow, to_arrow
 from schemas.signals import Appended, AppendSignal
-from schemas.times import utcnow
+from schemas.times import rfc3339, utcnow
 
 T = TypeVar("T")
 
-__all__ = ["Commit", "EventKey", "Events", "Pushed", "TooManySeries", "WriteFailed", "Writer"]
+__all__ = [
+    "Commit",
+    "EventKey",
+    "Events",
+    "Expired",
+    "Pushed",
+    "TooManySeries",
+    "WriteFailed",
+    "Writer",
+]
 
 
 class WriteFailed(Exception):
@@ -63,6 +73,18 @@ class WriteFailed(Exception):
         self.reason = describe(cause)
         self.disk_full = disk_full(cause)
         super().__init__(self.reason)
+
+
+class Expired(Exception):
+    """A pushed sample is older than its tenant keeps raw samples (422): storing it would
+    change time the rollups already hold for good. Nothing of the request is stored."""
+
+    def __init__(self, tenant_id: str, ts: datetime, cutoff: int) -> None:
+        kept = rfc3339(datetime.fromtimestamp(cutoff, UTC))
+        super().__init__(
+            f"ts: {rfc3339(ts)} is before {kept}, from when tenant {tenant_id!r} keeps raw "
+            "samples (retention); nothing of this request was stored"
+        )
 
 
 class Writer:
@@ -97,6 +119,8 @@ class Writer:
         self._pushes: list[tuple[Request, concurrent.futures.Future[Commit | None]]] = []
         self._pushes_lock = threading.Lock()
         self.series_skipped = 0  # scraped samples left out: new series over a tenant's limit
+        self.cutoffs = retention.Cutoffs()  # what retention deleted; pushes before it fail
+        self.retained: retention.Retained | None = None  # the latest retention run
 
     @property
     def last_seq(self) -> int:
@@ -120,8 +144,11 @@ class Writer:
         (scrape_batch,) = self._con.execute(
             "SELECT coalesce(max(batch), 0) FROM scrapes"
         ).fetchall()[0]
-        self._next_seq = seq + 1
-        self._next_batch = max(batch, scrape_batch) + 1
+        # Retention may have deleted the newest rows' predecessors, never their numbers.
+        kept_seq, kept_batch = retention.numbered(self._con)
+        self._next_seq = max(seq, kept_seq) + 1
+        self._next_batch = max(batch, scrape_batch, kept_batch) + 1
+        self.cutoffs = retention.cutoffs(self._con)
 
     async def append(
         self, samples: pa.Table | Sequence[SampleRow], scrapes: Sequence[ScrapeRow] = ()
@@ -152,8 +179,9 @@ class Writer:
         with self._pushes_lock:
             group = [(e, f) for e, f in self._pushes if f.set_running_or_notify_cancel()]
             self._pushes.clear()
+        group = self._refuse_expired(group)
         if not group:
-            return  # an earlier drain took them
+            return  # an earlier drain took them (or every one was too old)
         con = self._connection()
         results: list[Staged | TooManySeries | None] = []
         try:
@@ -176,6 +204,23 @@ class Writer:
                 done.set_exception(result)
             else:
                 done.set_result(result.commit if result is not None else None)
+
+    def _refuse_expired(
+        self, group: list[tuple[Request, concurrent.futures.Future[Commit | None]]]
+    ) -> list[tuple[Request, concurrent.futures.Future[Commit | None]]]:
+        """The requests to write; each one with a sample before its tenant's raw cutoff
+        fails alone (checked here, on the writer's thread, so retention cannot move the
+        cutoff between the check and the commit)."""
+        if not self.cutoffs.raw and not self.cutoffs.tenants:
+            return group
+        out = []
+        for events, done in group:
+            old = expired(events, self.cutoffs.raw, self.cutoffs.tenants)
+            if old is None:
+                out.append((events, done))
+            else:
+                done.set_exception(Expired(*old))
+        return out
 
     def _write_events(self, events: Request) -> Commit | None:
         """One request alone, in its own transaction."""
@@ -275,6 +320,29 @@ class Writer:
                     con.rollback()
                 raise
             return until
+
+        return await self._run(write)
+
+    async def retain(self, policy: retention.Policy, now: datetime) -> retention.Retained:
+        """Refresh the rollups and delete what `policy` no longer keeps, in one transaction,
+        then checkpoint so the freed blocks are reused (if readers hold the database now,
+        DuckDB's next automatic checkpoint does it)."""
+
+        def write() -> retention.Retained:
+            con = self._connection()
+            con.begin()
+            try:
+                done = retention.apply(con, policy, now, (self.last_seq, self._next_batch - 1))
+                con.commit()
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.rollback()
+                raise
+            self.cutoffs, self.retained = done.cutoffs, done
+            if done.points or done.rollups:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("CHECKPOINT")
+            return done
 
         return await self._run(write)
 

@@ -5,6 +5,7 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -34,6 +35,7 @@ from query.routes import router as query_router
 from schemas.db import Database
 from schemas.http import JSONResponse, validation_error_response
 from schemas.outcomes import Outcome
+from schemas.retention import Policy
 from schemas.signals import AppendSignal, Listener
 from schemas.tenants import (
     TenantRegistry,
@@ -151,6 +153,28 @@ async def _keep_rollups(writer: Writer, interval: float, outcome: Outcome) -> No
         await asyncio.sleep(interval)
 
 
+def retention_policy(settings: Settings, tenants: TenantRegistry) -> Policy:
+    """The service's windows, and each tenant's own raw window where it is shorter."""
+    own = {t: timedelta(days=d) for t, d in tenants.retention_days().items()}
+    return Policy(settings.retention_raw, settings.retention_minute, settings.retention_rollup,
+                  {t: w for t, w in own.items() if w < settings.retention_raw})  # fmt: skip
+
+
+async def _keep_retention(
+    writer: Writer, settings: Settings, tenants: TenantRegistry, outcome: Outcome
+) -> None:
+    """Delete what retention no longer keeps, through the writer: now, and then every
+    `retention_interval`."""
+    while True:
+        try:
+            await writer.retain(retention_policy(settings, tenants), utcnow())
+        except Exception as exc:
+            outcome.failed(exc)
+        else:
+            outcome.succeeded()
+        await asyncio.sleep(settings.retention_interval.total_seconds())
+
+
 @asynccontextmanager
 async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
     """Run `work` as a task for the life of the block; cancel and await it on exit."""
@@ -208,12 +232,15 @@ def create_app(
                 stack.callback(signal.subscribe(listener))
             await stack.enter_async_context(_background(tail.run(), "omnimetrics-tail"))
             outcomes = {"export": Outcome(f"the export to {mirror_dir(db.path)}"),
-                        "rollups": Outcome("the rollups' refresh")}  # fmt: skip
+                        "rollups": Outcome("the rollups' refresh"),
+                        "retention": Outcome("the retention run")}  # fmt: skip
             stack.push_async_callback(_final_export, db, outcomes["export"])
             mirror = keep_mirror(db, settings.export_interval_seconds, outcomes["export"])
             await stack.enter_async_context(_background(mirror, "omnimetrics-mirror"))
             rollups = _keep_rollups(writer, settings.rollup_interval_seconds, outcomes["rollups"])
             await stack.enter_async_context(_background(rollups, "omnimetrics-rollups"))
+            retain = _keep_retention(writer, settings, tenants, outcomes["retention"])
+            await stack.enter_async_context(_background(retain, "omnimetrics-retention"))
             drain.hub = hub
             client = await stack.enter_async_context(http_client(len(sources)))
             collector = Collector(client, sources, tenants, metrics.observe_scrape)

@@ -1,11 +1,14 @@
 """Settings, read once from the environment (`OMNIMETRICS_*`) and flags, plus the config file."""
 
+import re
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -23,6 +26,19 @@ from schemas.rows import Kind
 from schemas.tenants import FEATURES, SettingsUpdate
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+_DURATION = re.compile(r"([0-9]{1,6})([smhdw])")
+
+
+def _duration(value: object) -> object:
+    """`30d`, `12h`, `90m`, `3600s`, `2w` as a timedelta; anything else as pydantic reads
+    a timedelta (seconds, ISO 8601), which also says what is wrong."""
+    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 LOOPBACK_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?"
 
 
@@ -46,6 +62,12 @@ class Settings(BaseSettings):
     # Notebooks read a Parquet mirror at most this old (CONTRACT.md: at most 60 s).
     export_interval_seconds: Annotated[float, Field(gt=0, le=55)] = 30.0
     rollup_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Retention (schemas/retention.py): raw samples, the 1 m rollups, the 1 h and 1 d
+    # rollups; each at least a day, and none kept shorter than a finer one.
+    retention_raw: Duration = timedelta(days=30)
+    retention_minute: Duration = timedelta(days=30)
+    retention_rollup: Duration = timedelta(days=400)
+    retention_interval: Duration = timedelta(hours=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: LogFormat = "text"  # or "json", a line per record (omnimetrics/logs.py)
 
@@ -73,6 +95,22 @@ class Settings(BaseSettings):
     max_series_per_tenant: Annotated[int, Field(ge=1)] = 1_000_000
     # glibc malloc arenas (omnimetrics/memory.py); 0 leaves glibc's own choice.
     malloc_arenas: Annotated[int, Field(ge=0, le=64)] = 2
+
+    @model_validator(mode="after")
+    def _retention(self) -> "Settings":
+        windows = (("retention_raw", self.retention_raw),
+                   ("retention_minute", self.retention_minute),
+                   ("retention_rollup", self.retention_rollup))  # fmt: skip
+        for name, window in windows:
+            if window < timedelta(days=1):
+                raise ValueError(f"{name} must be at least 1d (cutoffs are whole days)")
+        for (finer, short), (coarser, long) in zip(windows, windows[1:], strict=False):
+            if long < short:
+                raise ValueError(f"{coarser} must be at least {finer}: a coarser rollup "
+                                 "answers for the time a finer one no longer holds")  # fmt: skip
+        if not timedelta(minutes=1) <= self.retention_interval <= timedelta(days=1):
+            raise ValueError("retention_interval must be from 1m to 1d")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "Settings":

@@ -1,15 +1,18 @@
-"""Increases over time: hourly rollups for the closed hours, raw rows for the rest.
+"""Increases over time: rollups for the closed days and hours, raw rows for the rest.
 
 As TimescaleDB's real-time aggregates do: time below the rollup's exact watermark comes
-from `rollup_hourly` (whole hours, and the watermark's own hour up to it); the partial
-hour at the start and everything after the watermark come from raw rows. A long raw range
+from `rollup_daily` or `rollup_hourly` when the step is a multiple of a day or an hour
+(whole days and hours, and the watermark's own day or hour up to it); the partial hours
+at the start and everything after the watermark come from raw rows. Time whose raw rows
+retention has deleted comes from the tiers alone, the 1 m tier included. A long raw range
 goes through the window macro; a short one (the live tail after the watermark is two or
 three minutes) is fetched and the delta rule applied to its rows in Arrow, which spares
 planning and scheduling a window query: most of a 24 h question's time otherwise.
-Disjoint ranges of raw rows sum to the same as their union, and a rollup hour is that
+Disjoint ranges of raw rows sum to the same as their union, and a rollup row is that
 same sum, so the answer always equals the view's (property tests compare every path).
 """
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -22,7 +25,8 @@ from query.sql import series_where
 from schemas.db import arrow
 from schemas.deltas import CUMULATIVE, same_as_previous, with_deltas
 from schemas.models import GROUP_LABELS, SampleFilters
-from schemas.rollups import HOUR, marks
+from schemas.rollups import DAYS, HOURS, KEEP_ALL, MINUTES, Kept, Tier, kept, marks
+from schemas.times import rfc3339
 
 # How far back a raw part looks for each series' previous sample before falling back to
 # an exact search of all older rows (only speed depends on it, never the answer).
@@ -36,8 +40,8 @@ _MACRO = (
     "WHERE {cond} AND delta IS NOT NULL"
 )
 _ROLLED = (
-    "SELECT CAST(floor(epoch(hour) / $step) AS BIGINT) AS b, series_id, increase AS delta "
-    "FROM rollup_hourly WHERE hour >= $r0 AND hour < $r1 AND {cond}"
+    "SELECT CAST(floor(epoch({at}) / $step) AS BIGINT) AS b, series_id, increase AS delta "
+    "FROM {table} WHERE {at} >= ${r0} AND {at} < ${r1} AND {cond}"
 )
 _ROWS = "SELECT ts, seq, series_id, kind, value FROM points WHERE ts >= $a AND ts < $b AND {cond}"
 # The last sample before `before` of each series given (as the macro's `older` part).
@@ -52,24 +56,104 @@ HEAD = "SELECT coalesce(max(seq), 0) FROM points"
 
 
 class Plan(NamedTuple):
-    """Which time comes from where: `rolled` hours from the rollup, `raw` ranges from rows."""
+    """Which time comes from where: `rolled` ranges from a rollup tier each, `raw` ranges
+    from rows."""
 
-    rolled: tuple[datetime, datetime] | None
+    rolled: list[tuple[Tier, datetime, datetime]]
     raw: list[tuple[datetime, datetime]]
 
 
-def plan(start: datetime, end: datetime, step: int, valid: int) -> Plan:
-    """Split [start, end) given that `rollup_hourly` is exact before `valid` (epoch s)."""
-    if step % HOUR:
-        return Plan(None, [(start, end)])
+class Expired(ValueError):
+    """The question needs raw rows (or rollups) that retention has deleted (422)."""
+
+
+class Refreshing(Exception):
+    """The rollups of time whose raw rows are partly gone wait for a refresh (after a late
+    push into it for another tenant's series): answered in a minute (503)."""
+
+
+def _at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def plan(
+    start: datetime,
+    end: datetime,
+    step: int,
+    valid: int,
+    kept: Kept = KEEP_ALL,
+    until: int | None = None,
+) -> Plan:
+    """Split [start, end) given that the rollup tiers are exact before `valid` (epoch s),
+    materialized up to `until` (when a late row lowered `valid` below it) and hold what
+    `kept` says. Time the raw rows still cover reads whole days and hours
+    from their tiers when `step` is a multiple of them, the rest from rows; time before
+    the raw cutoff reads the tiers alone, the coarsest that fits, which takes a step that is
+    a multiple of one and a start and end on its boundaries (else `Expired`)."""
     lo, hi = start.timestamp(), end.timestamp()
-    r0 = -(-int(lo) // HOUR) * HOUR
-    # A partial row covers its hour up to `valid`: usable only if that is in range.
-    r1 = valid if valid <= hi else int(hi) // HOUR * HOUR
-    if r0 >= r1:
-        return Plan(None, [(start, end)])
-    a, b = datetime.fromtimestamp(r0, UTC), datetime.fromtimestamp(r1, UTC)
-    return Plan((a, b), [(s, e) for s, e in ((start, a), (b, end)) if s < e])
+    _check_kept(start, end, step, kept)
+    if lo < kept.raw and valid < min(hi, kept.raw):
+        raise Refreshing(
+            "the rollups of this time are being brought up to date after a late push "
+            "(some of its raw samples are no longer kept); retry in a minute"
+        )
+    out = Plan([], [])
+
+    def at(t: float) -> datetime:  # the caller's own bounds exactly, else whole seconds
+        return start if t == lo else end if t == hi else _at(int(t))
+
+    def cover(a: float, b: float, tiers: tuple[Tier, ...]) -> None:
+        if a >= b:
+            return
+        if not tiers:
+            out.raw.append((at(a), at(b)))
+            return
+        tier, finer = tiers[0], tiers[1:]
+        r0 = math.ceil(a / tier.seconds) * tier.seconds
+        # A partial row covers its hour or day up to `until`: usable only if that is in
+        # range and exact (a late row lowers `valid` to an hour, under its day's row).
+        whole = valid % tier.seconds == 0 or valid == (valid if until is None else until)
+        if valid <= b and whole:
+            r1 = valid
+        else:
+            r1 = math.floor(min(b, valid) / tier.seconds) * tier.seconds
+        if r0 >= r1:
+            cover(a, b, finer)
+            return
+        out.rolled.append((tier, _at(r0), _at(r1)))
+        cover(a, r0, finer)
+        cover(r1, b, finer)
+
+    fits = tuple(t for t in (DAYS, HOURS, MINUTES) if step % t.seconds == 0)
+    raw_from = min(max(lo, kept.raw), hi)
+    minute_from = min(max(lo, kept.minutes), raw_from)
+    cover(lo, minute_from, tuple(t for t in fits if t is not MINUTES))
+    cover(minute_from, raw_from, fits)
+    # Where raw rows exist, they answer what the hour and day tiers do not (the minute
+    # tier would save little over them and is kept for the time they no longer cover).
+    cover(raw_from, hi, tuple(t for t in fits if t is not MINUTES))
+    return out
+
+
+def _check_kept(start: datetime, end: datetime, step: int, kept: Kept) -> None:
+    """Expired unless the tiers alone can answer the time before the raw cutoff."""
+    lo, hi = start.timestamp(), end.timestamp()
+    if lo < kept.rollups:
+        raise Expired(
+            f"`from`: nothing before {rfc3339(_at(kept.rollups))} is kept (retention); "
+            "ask from then on"
+        )
+    if lo >= kept.raw:
+        return
+    finest = MINUTES if lo >= kept.minutes else HOURS
+    where = f"raw samples before {rfc3339(_at(kept.raw))} are no longer kept (retention)"
+    if step % finest.seconds:
+        raise Expired(f"`step`: {where}; before then, steps are whole multiples of "
+                      f"{finest.seconds} s (the {finest.column} rollups)")  # fmt: skip
+    for name, at in (("from", lo), ("to", hi)):
+        if at < kept.raw and at % finest.seconds:
+            raise Expired(f"`{name}`: {where}; before then, it must be on a whole "
+                          f"{finest.column} (UTC)")  # fmt: skip
 
 
 def _sql_sums(
@@ -77,7 +161,7 @@ def _sql_sums(
     cond: str,
     filter_args: dict[str, Any],
     step: int,
-    rolled: tuple[datetime, datetime] | None,
+    rolled: list[tuple[Tier, datetime, datetime]],
     long: list[tuple[datetime, datetime]],
 ) -> pa.Table:
     """(bucket, series_id, value) rows over the rollup range and long raw ranges, in SQL.
@@ -85,9 +169,10 @@ def _sql_sums(
     `gap_filled` anyway; a hash aggregate here costs more than it saves); long raw ranges
     are summed per bucket and series."""
     parts, args = [], {**filter_args, "step": step}
-    if rolled is not None:
-        parts.append(_ROLLED.format(cond=cond))
-        args.update(r0=rolled[0], r1=rolled[1])
+    for i, (tier, r0, r1) in enumerate(rolled):
+        parts.append(_ROLLED.format(at=tier.column, table=tier.table, r0=f"r{i}", r1=f"s{i}",
+                                    cond=cond))  # fmt: skip
+        args.update({f"r{i}": r0, f"s{i}": r1})
     for i, (a, b) in enumerate(long):
         macro = _MACRO.format(cond=cond, a=f"a{i}", b=f"b{i}", lookback=LOOKBACK_MINUTES)
         parts.append(f"SELECT b, series_id, sum(delta) AS delta FROM ({macro}) GROUP BY ALL")
@@ -228,15 +313,15 @@ def increase_snapshot(
     last = -(-int(end.timestamp() * 1e6) // (step * 1_000_000)) - 1
     cur.begin()  # the watermark and the rows it vouches for, from one snapshot
     try:
-        valid, head = marks(cur)
         lookup, cond, filter_args = series_lookup(cur, filters, labels)
-        rolled, raw = plan(start, end, step, valid)
+        valid, head, until = marks(cur, cond, filter_args)
+        rolled, raw = plan(start, end, step, valid, kept(cur, filters.tenant_id), until)
         short = [(a, b) for a, b in raw if b - a <= ARROW_RAW]
         long = [(a, b) for a, b in raw if b - a > ARROW_RAW]
         parts = [_SUMS.empty_table()]
         if lookup.num_rows:
             parts += [_bucketed(raw_deltas(cur, cond, filter_args, a, b), step) for a, b in short]
-            if rolled is not None or long:
+            if rolled or long:
                 parts.append(_sql_sums(cur, cond, filter_args, step, rolled, long))
     finally:
         cur.commit()

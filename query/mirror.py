@@ -26,6 +26,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ import pyarrow.parquet as pq
 
 from schemas.db import Database, arrow
 from schemas.outcomes import Outcome
+from schemas.retention import cutoffs
+from schemas.rollups import HOUR
 from schemas.times import rfc3339, utcnow
 
 CHUNK_ROWS = 1_000_000
@@ -50,6 +53,7 @@ FROM points WHERE seq > $after AND seq <= $upto ORDER BY seq
 """
 _SERIES = "SELECT * FROM series_keys ORDER BY id"
 _SERIES_COUNT = "SELECT count(*) FROM series_keys"
+_TENANT_SERIES = "SELECT id FROM series_keys WHERE tenant_id = $t"
 # Sizes per sample (BENCHMARKS.md): sorted integers delta-encode to a few bits, doubles
 # split by byte compress far better under zstd, and a handful of kinds is a dictionary.
 _PARQUET: dict[str, Any] = {
@@ -133,8 +137,8 @@ def _export_series(
 def export_new(
     cur: duckdb.DuckDBPyConnection, mirror: Path, epoch: str, grace: float = GRACE_SECONDS
 ) -> int:
-    """Append samples committed since the last export; returns the seq now mirrored.
-    Files no longer listed for `grace` seconds are deleted."""
+    """Append samples committed since the last export and drop what retention deleted;
+    returns the seq now mirrored. Files no longer listed for `grace` seconds are deleted."""
     meta = read_meta(mirror)
     if meta.get("epoch") != epoch or meta.get("layout") != LAYOUT:
         # Another database, or files of an older layout: build the mirror again.
@@ -147,11 +151,65 @@ def export_new(
         (head,) = cur.execute("SELECT coalesce(max(seq), 0) FROM points").fetchall()[0]
         series, series_count = _export_series(cur, mirror, meta) if done < head else (
             meta.get("series"), int(str(meta.get("series_count", 0))))  # fmt: skip
-        done = _export_points(cur, mirror, epoch, done, head, by_hour, series, series_count)
+        record = {"epoch": epoch, "layout": LAYOUT, "series": series,
+                  "series_count": series_count, "pruned": meta.get("pruned", {})}  # fmt: skip
+        done = _export_points(cur, mirror, done, head, by_hour, record)
+        if _expire(cur, mirror, done, by_hour, record):
+            _write_record(mirror, done, by_hour, record)
     finally:
         cur.commit()
     _delete_unlisted(mirror, {*by_hour.values(), *_listed_series(mirror)}, grace)
     return done
+
+
+def _expire(
+    cur: duckdb.DuckDBPyConnection,
+    mirror: Path,
+    done: int,
+    by_hour: dict[tuple[str, str], Path],
+    record: dict[str, Any],
+) -> bool:
+    """Unlist the hours before the raw cutoff, and write anew without a tenant's rows the
+    hours before its own later cutoff (once per hour and cutoff: `record["pruned"]`);
+    True if anything changed."""
+    cut = cutoffs(cur)
+    changed = False
+    for key, path in list(by_hour.items()):
+        if _hour_start(key) + HOUR <= cut.raw:
+            del by_hour[key]
+            _retire(path)
+            changed = True
+    pruned: dict[str, int] = dict(record["pruned"])
+    for tenant_id, cutoff in cut.tenants.items():
+        since = max(pruned.get(tenant_id, 0), cut.raw)
+        if since >= cutoff:
+            continue
+        ids = pa.array([i for (i,) in cur.execute(_TENANT_SERIES, {"t": tenant_id}).fetchall()],
+                       pa.int64())  # fmt: skip
+        before = pa.scalar(datetime.fromtimestamp(cutoff, UTC), pa.timestamp("us", tz="UTC"))
+        for key, path in sorted(by_hour.items()):
+            if not since <= _hour_start(key) < cutoff:
+                continue
+            table = pq.read_table(path)
+            theirs = pc.is_in(table.column("series_id"), value_set=ids)
+            gone = pc.and_(theirs, pc.less(table.column("ts"), before))
+            if not pc.any(gone).as_py():
+                continue
+            new = path.with_name(f"{key[1]}-{done:020d}-{tenant_id}-{cutoff}.parquet")
+            _write_atomically(new, partial(pq.write_table, table.filter(pc.invert(gone)),
+                                           **_PARQUET))  # fmt: skip
+            by_hour[key] = new
+            _retire(path)
+        pruned[tenant_id] = cutoff
+        changed = True
+    record["pruned"] = pruned
+    return changed
+
+
+def _hour_start(key: tuple[str, str]) -> int:
+    day, hh = key
+    return int(datetime.strptime(f"{day.removeprefix('day=')} {hh}", "%Y-%m-%d %H")
+               .replace(tzinfo=UTC).timestamp())  # fmt: skip
 
 
 def _listed_series(mirror: Path) -> list[Path]:
@@ -162,12 +220,10 @@ def _listed_series(mirror: Path) -> list[Path]:
 def _export_points(
     cur: duckdb.DuckDBPyConnection,
     mirror: Path,
-    epoch: str,
     done: int,
     head: int,
     by_hour: dict[tuple[str, str], Path],
-    series: object,
-    series_count: int,
+    record: dict[str, Any],
 ) -> int:
     samples = mirror / "points"
     while done < head:
@@ -186,18 +242,19 @@ def _export_points(
             if old is not None and old != new:
                 _retire(old)
         done = upto
-        record = {
-            "epoch": epoch,
-            "layout": LAYOUT,
-            "seq": done,
-            "exported_at": rfc3339(utcnow()),
-            "files": sorted(str(path.relative_to(samples)) for path in by_hour.values()),
-            "series": series,
-            "series_count": series_count,
-        }
-        mirror.mkdir(parents=True, exist_ok=True)
-        _write_atomically(mirror / "meta.json", partial(_write_text, json.dumps(record)))
+        _write_record(mirror, done, by_hour, record)
     return done
+
+
+def _write_record(
+    mirror: Path, done: int, by_hour: dict[tuple[str, str], Path], record: dict[str, Any]
+) -> None:
+    """List the files in `meta.json` (one atomic rename), with how far the export got."""
+    samples = mirror / "points"
+    files = sorted(str(path.relative_to(samples)) for path in by_hour.values())
+    doc = {**record, "seq": done, "exported_at": rfc3339(utcnow()), "files": files}
+    mirror.mkdir(parents=True, exist_ok=True)
+    _write_atomically(mirror / "meta.json", partial(_write_text, json.dumps(doc)))
 
 
 def _hour_of(name: str, day: str) -> tuple[str, str]:
@@ -211,7 +268,8 @@ def _retire(path: Path) -> None:
 
 
 def _delete_unlisted(mirror: Path, listed: set[Path], grace: float) -> None:
-    """Delete files (superseded, or left by an export that died) unlisted for `grace` s."""
+    """Delete files (superseded, expired, or left by an export that died) unlisted for
+    `grace` s, and day folders left empty."""
     cutoff = time.time() - grace
     for path in [*mirror.glob("points/day=*/*"), *mirror.glob("series/*")]:
         if path in listed:
@@ -219,6 +277,9 @@ def _delete_unlisted(mirror: Path, listed: set[Path], grace: float) -> None:
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_mtime < cutoff:
                 path.unlink()
+    for folder in mirror.glob("points/day=*"):
+        with contextlib.suppress(OSError):  # not empty (or gone): kept
+            folder.rmdir()
 
 
 async def keep_mirror(db: Database, interval: float, outcome: Outcome | None = None) -> None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from query.formats import encode, negotiate
-from query.history import HEAD, increase_snapshot
+from query.history import HEAD, Expired, Refreshing, increase_snapshot
 from query.sql import latest_sql, series_sql, series_where, where
 from schemas.db import Database, arrow
 from schemas.http import error_response
@@ -113,8 +113,13 @@ async def increase(request: Request, params: Annotated[IncreaseParams, Query()])
         n = last - first + 1
         return error_response(422, f"{n} buckets of {params.step}: at most {MAX_BUCKETS}")
     db = cast(Database, request.state.db)
-    table, head = await db.read(partial(increase_snapshot, filters=params, labels=labels,
-                                        start=start, end=end, step=step))  # fmt: skip
+    try:
+        table, head = await db.read(partial(increase_snapshot, filters=params, labels=labels,
+                                            start=start, end=end, step=step))  # fmt: skip
+    except Expired as exc:
+        return error_response(422, str(exc))
+    except Refreshing as exc:
+        return error_response(503, str(exc), None, **{"Retry-After": "60"})
 
     def as_json(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {

@@ -143,3 +143,31 @@ MIGRATIONS = (*MIGRATIONS, Migration("0003_rollup_hourly", _ROLLUPS))
 # are stored once (`series_keys`), rollups are per series id; `samples`, `sample_deltas`
 # and the macros become views over them with the same columns plus `labels`.
 MIGRATIONS = (*MIGRATIONS, Migration("0004_series", SERIES_VIEWS, series_migration.run))
+
+# Wave 2 retention: rollups in three tiers (1 m from raw rows, 1 h from minutes, 1 d from
+# hours), kept longer than raw rows. The next refresh rebuilds every tier from the raw rows
+# (all still there: nothing was deleted before this migration). `meta` keeps the cutoffs
+# the retention job applied (epoch seconds, 0: nothing deleted) and the highest seq and
+# batch it ever saw, which the writer numbers after even if their rows are gone;
+# `tenant_retention` a tenant's own later raw cutoff (its `retention_days`).
+_TIERS = """
+CREATE TABLE rollup_minute (
+    minute     TIMESTAMPTZ NOT NULL,
+    series_id  BIGINT NOT NULL,
+    increase   DOUBLE NOT NULL
+);
+CREATE TABLE rollup_daily (
+    day        TIMESTAMPTZ NOT NULL,
+    series_id  BIGINT NOT NULL,
+    increase   DOUBLE NOT NULL
+);
+CREATE TABLE tenant_retention (
+    tenant_id  VARCHAR NOT NULL,
+    raw_from   BIGINT NOT NULL
+);
+INSERT INTO meta VALUES ('raw_from', '0'), ('minute_from', '0'), ('rollup_from', '0'),
+    ('retained_seq', '0'), ('retained_batch', '0');
+UPDATE meta SET value = '0' WHERE key IN ('rollup_until', 'rollup_seq');
+"""
+
+MIGRATIONS = (*MIGRATIONS, Migration("0005_rollup_tiers", _TIERS))

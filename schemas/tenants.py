@@ -46,6 +46,9 @@ class TenantSettings(BaseModel):
     max_events_per_minute: Annotated[int, Field(gt=0, le=MAX_EVENTS_PER_MINUTE)] = 60
     features: Features = Features()
     performance_profile: Profile = "high_frequency"
+    # Raw samples kept this many days, if shorter than the service keeps them (None: as
+    # the service keeps them); the rollups are kept as the service keeps them.
+    retention_days: Annotated[int, Field(ge=1, le=36_500)] | None = None
 
 
 class FeaturesUpdate(BaseModel):
@@ -68,11 +71,14 @@ class SettingsUpdate(BaseModel):
     max_events_per_minute: Annotated[int, Field(gt=0, le=MAX_EVENTS_PER_MINUTE)] | None = None
     features: FeaturesUpdate | None = None
     performance_profile: Profile | None = None
+    retention_days: Annotated[int, Field(ge=1, le=36_500)] | None = None
 
     def apply(self, current: TenantSettings) -> TenantSettings:
         doc = current.model_dump()
         if self.performance_profile is not None:
-            doc.update(PROFILES[self.performance_profile].preset.model_dump())
+            # A profile presets collection and streaming; it keeps the tenant's retention.
+            doc.update(PROFILES[self.performance_profile].preset.model_dump(
+                exclude={"retention_days"}))  # fmt: skip
         given = self.model_dump(exclude_unset=True, exclude_none=True)
         features = given.pop("features", {})
         doc.update(given)
@@ -122,7 +128,7 @@ def profiles_document() -> dict[str, Any]:
     """`GET /settings/profiles`: each profile with its description and its fields."""
     return {
         name: {"description": info.description,
-               **info.preset.model_dump(exclude={"performance_profile"})}
+               **info.preset.model_dump(exclude={"performance_profile", "retention_days"})}
         for name, info in PROFILES.items()
     }  # fmt: skip
 
@@ -186,6 +192,11 @@ class TenantRegistry:
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def retention_days(self) -> dict[str, int]:
+        """Each tenant's own raw retention, where it set one."""
+        return {t: s.retention_days for t, s in self._settings.items()
+                if s.retention_days is not None}  # fmt: skip
 
 
 # The newest row per tenant is in force; older rows are its history.

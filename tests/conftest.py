@@ -14,6 +14,13 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# Many tests push samples at fixed times (2026-11-20...) and read them back; under the
+# default 30-day retention they would be refused (or deleted) once those dates are a month
+# old. Every service these tests start keeps a century, unless a test says otherwise (the
+# retention tests pass their windows to Settings, which wins over the environment).
+for _name in ("RAW", "MINUTE", "ROLLUP"):
+    os.environ.setdefault(f"OMNIMETRICS_RETENTION_{_name}", "36500d")
+
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:

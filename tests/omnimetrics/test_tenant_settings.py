@@ -24,6 +24,7 @@ DEFAULTS = {
     "features": {"compression": True, "embeddings": True, "workflows": True,
                  "response_cache": True},
     "performance_profile": "high_frequency",
+    "retention_days": None,
 }  # fmt: skip
 
 
@@ -91,6 +92,15 @@ def test_a_profile_brings_its_preset_and_fields_given_with_it_win(base: str) -> 
     assert profiles["batch_only"]["metrics_streaming"] is False
     assert profiles["disabled"]["features"]["compression"] is False
     assert all("description" in p and "max_events_per_minute" in p for p in profiles.values())
+
+
+def test_retention_days_is_checked_and_a_profile_keeps_it(base: str) -> None:
+    assert put(base, {"retention_days": 7}).json()["settings"]["retention_days"] == 7
+    low = put(base, {"performance_profile": "low_frequency"}).json()["settings"]
+    assert low["retention_days"] == 7 and low["collection_interval_seconds"] == 5
+    refused = put(base, {"retention_days": 0})
+    assert refused.status_code == 422 and "retention_days" in refused.text
+    assert httpx.get(f"{base}/settings").json()["settings"]["retention_days"] == 7
 
 
 def test_reset_goes_back_to_the_defaults(base: str) -> None:
