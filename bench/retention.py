@@ -74,7 +74,7 @@ def run() -> None:
     mib = 1024 * 1024
     print(f"\n## retention ({DAYS} simulated days, 500 series x 1 sample/min, raw and 1 m "
           f"rollups kept {KEEP} d, 1 h and 1 d 400 d; {elapsed:.0f} s)")  # fmt: skip
-    for day in (10, 20, 30, 45, 60, 75, 90):
+    for day in (10, 20, 29, 30, 31, 32, 33, 35, 40, 45, 60, 75, 90):
         print(f"  file after day {day:2d}: {sizes[day - 1] / mib:7.1f} MiB")
     after = sizes[KEEP - 1 :]
     spread = max(after) / min(after)

@@ -325,11 +325,17 @@ class Writer:
 
     async def retain(self, policy: retention.Policy, now: datetime) -> retention.Retained:
         """Refresh the rollups and delete what `policy` no longer keeps, in one transaction,
-        then checkpoint so the freed blocks are reused (if readers hold the database now,
-        DuckDB's next automatic checkpoint does it)."""
+        between two checkpoints so the freed blocks are reused (a checkpoint that fails
+        because readers hold the database now is left to DuckDB's next automatic one)."""
 
         def write() -> retention.Retained:
             con = self._connection()
+            # Rows appended since the last checkpoint are in the WAL: folded into the file
+            # first, the checkpoint after the deletes reuses their freed blocks in place.
+            # (Both at once grew the file by a third at the first deleting run, measured
+            # with `python -m bench retention`; this way by 6%, then not at all.)
+            with contextlib.suppress(duckdb.Error):
+                con.execute("CHECKPOINT")
             con.begin()
             try:
                 done = retention.apply(con, policy, now, (self.last_seq, self._next_batch - 1))

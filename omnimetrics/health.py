@@ -2,6 +2,7 @@
 
 import statistics
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Query, Request
@@ -91,9 +92,28 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 "catch_up_refused": replay.refused,
             },
             "jobs": {name: outcome.report() for name, outcome in outcomes.items()},
+            "retention": _retention(writer),
             "time": rfc3339(utcnow()),
         }
     )
+
+
+def _retention(writer: Writer) -> dict[str, Any]:
+    """From when raw samples, 1 m and 1 h/1 d rollups are kept (null: from the start), and
+    what the latest run deleted."""
+    cut, done = writer.cutoffs, writer.retained
+
+    def at(seconds: int) -> str | None:
+        return rfc3339(datetime.fromtimestamp(seconds, UTC)) if seconds else None
+
+    return {
+        "raw_from": at(cut.raw),
+        "minute_rollups_from": at(cut.minutes),
+        "rollups_from": at(cut.rollups),
+        "tenants_raw_from": {t: at(s) for t, s in cut.tenants.items()},
+        "deleted_points": done.points if done is not None else 0,
+        "deleted_rollup_rows": done.rollups if done is not None else 0,
+    }
 
 
 def _failing(outcome: Outcome) -> str:

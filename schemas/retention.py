@@ -115,6 +115,7 @@ def apply(
     for tenant_id, cut in before.tenants.items():  # a window made longer keeps its cutoff
         if tenant_id not in tenants and cut > raw:
             tenants[tenant_id] = cut
+    _keep_minutes(cur, before, Cutoffs(raw, minutes, kept_rollups, tenants))
     deleted = _delete_points(cur, raw, kept_rollups, _EVERY_SERIES, {})
     cur.execute(_DELETE_SCRAPES.format(tenant="TRUE"), {"cutoff": raw})
     for tenant_id, cut in tenants.items():
@@ -135,6 +136,20 @@ def apply(
     for tenant_id, cut in tenants.items():
         cur.execute("INSERT INTO tenant_retention VALUES ($t, $c)", {"t": tenant_id, "c": cut})
     return Retained(Cutoffs(raw, minutes, kept_rollups, tenants), deleted, rolled)
+
+
+def _keep_minutes(cur: duckdb.DuckDBPyConnection, before: Cutoffs, after: Cutoffs) -> None:
+    """The 1 m tier of the raw rows about to go (only the part it keeps): per tenant, the
+    time from its old effective cutoff to its new one."""
+    own = set(before.tenants) | set(after.tenants)
+    moves = {t: (max(before.raw, before.tenants.get(t, 0)), max(after.raw, after.tenants.get(t, 0)))
+             for t in own}  # fmt: skip
+    others = "d.series_id NOT IN (SELECT id FROM series_keys WHERE list_contains($own, tenant_id))"
+    start = max(before.raw, after.minutes)
+    rollups.keep_minutes(cur, start, after.raw, others, {"own": sorted(own)})
+    for tenant_id, (old, new) in moves.items():
+        theirs = "d.series_id IN (SELECT id FROM series_keys WHERE tenant_id = $tenant)"
+        rollups.keep_minutes(cur, max(old, after.minutes), new, theirs, {"tenant": tenant_id})
 
 
 def _delete_points(

@@ -1,11 +1,12 @@
 """Rollups per series id in three tiers (1 m, 1 h, 1 d): materializing closed time (by the
 writer), and the watermark that reads use.
 
-`rollup_until` is whole epoch seconds on a minute boundary: every minute before it is
-materialized; the hour and the day it falls in only up to it (partial rows, rebuilt
-whole at each refresh). The minute tier is built from raw rows, the hour tier from
-minutes, the day tier from hours. Everything here is exact: a rollup row holds the same
-sum of `point_deltas` the view gives for the time it covers.
+`rollup_until` is whole epoch seconds on a minute boundary: every hour before it is
+materialized, and the hour and the day it falls in up to it (partial rows, rebuilt whole
+at each refresh). The hour tier is built from raw rows, the day tier from hours; the
+minute tier holds only time whose raw rows retention deleted (`keep_minutes`, just
+before it deletes them). Everything here is exact: a rollup row holds the same sum of
+`point_deltas` the view gives for the time it covers.
 
 Retention (`schemas.retention`) deletes raw rows before a cutoff, for every series
 (`raw_from` in `meta`) or for one tenant's (`tenant_retention`), only once the rollups
@@ -31,7 +32,6 @@ class Tier(NamedTuple):
 MINUTES = Tier("rollup_minute", "minute", MINUTE)
 HOURS = Tier("rollup_hourly", "hour", HOUR)
 DAYS = Tier("rollup_daily", "day", DAY)
-TIERS = (MINUTES, HOURS, DAYS)  # finest first; each one sums the one before it
 
 _WATERMARKS = """
 SELECT max(CASE WHEN key = 'rollup_until' THEN CAST(value AS BIGINT) END),
@@ -53,34 +53,47 @@ WITH cut AS (
     WHERE r.raw_from > $start
 )
 """
-_DELETE_MINUTES = f"""
+_DELETE_HOURS = f"""
 {_CUT}
-DELETE FROM rollup_minute m
-WHERE m.minute >= to_timestamp($start)
-  AND NOT EXISTS (SELECT 1 FROM cut c WHERE c.series_id = m.series_id AND m.minute < c.raw_from)
+DELETE FROM rollup_hourly h
+WHERE h.hour >= to_timestamp($start)
+  AND NOT EXISTS (SELECT 1 FROM cut c WHERE c.series_id = h.series_id AND h.hour < c.raw_from)
 """
-_REBUILD_MINUTES = f"""
-{_CUT}
-INSERT INTO rollup_minute
-SELECT to_timestamp(CAST(floor(epoch(d.ts) / 60) AS BIGINT) * 60) AS minute, d.series_id,
+# A tier's rows from raw rows in [$start, $end), for the series `{series}` selects.
+_FROM_RAW = """
+INSERT INTO {tier}
+SELECT to_timestamp(CAST(floor(epoch(d.ts) / {seconds}) AS BIGINT) * {seconds}), d.series_id,
        sum(d.delta)
 FROM point_deltas_between(to_timestamp($start), to_timestamp($end)) d
-WHERE d.delta IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM cut c WHERE c.series_id = d.series_id AND d.ts < c.raw_from)
+WHERE d.delta IS NOT NULL AND {series}
 GROUP BY ALL
+ORDER BY ALL  -- in time order: zone maps skip old rows, and times and ids compress
 """
-# A coarser tier from the one below it, from `$start` (on the coarser tier's boundary).
-_SUM_TIER = """
-INSERT INTO {coarse}
-SELECT to_timestamp(CAST(floor(epoch({fine_at}) / {seconds}) AS BIGINT) * {seconds}),
-       series_id, sum(increase)
-FROM {fine} WHERE {fine_at} >= to_timestamp($start)
+_NOT_CUT = "NOT EXISTS (SELECT 1 FROM cut c WHERE c.series_id = d.series_id AND d.ts < c.raw_from)"
+_DAYS_FROM_HOURS = """
+INSERT INTO rollup_daily
+SELECT to_timestamp(CAST(floor(epoch(hour) / 86400) AS BIGINT) * 86400), series_id,
+       sum(increase)
+FROM rollup_hourly WHERE hour >= to_timestamp($start)
 GROUP BY ALL
+ORDER BY ALL
 """
 
 
 def _floor(ts: datetime, seconds: int) -> int:
     return int(ts.timestamp()) // seconds * seconds
+
+
+def keep_minutes(
+    cur: duckdb.DuckDBPyConnection, start: int, end: int, series: str, args: dict[str, object]
+) -> None:
+    """Materialize the 1 m tier over [start, end) for the series `series` (a condition on
+    `d.series_id`) selects, from their raw rows, which retention is about to delete: while
+    raw rows exist they answer every step the minute tier would, so it holds only time
+    whose raw rows are gone (none at all when it is kept no longer than they are)."""
+    if start < end:
+        sql = _FROM_RAW.format(tier=MINUTES.table, seconds=MINUTE, series=series)
+        cur.execute(sql, {**args, "start": start, "end": end})
 
 
 def valid_until(cur: duckdb.DuckDBPyConnection) -> int:
@@ -166,16 +179,13 @@ def refresh(
     # Raw rows before the cutoff are gone; the tiers already hold that time.
     start = max(start, raw_from(cur))
     if start < end:
-        cur.execute(_DELETE_MINUTES, {"start": start})
-        cur.execute(_REBUILD_MINUTES, {"start": start, "end": end})
-        for fine, coarse in zip(TIERS, TIERS[1:], strict=False):
-            since = {"start": start // coarse.seconds * coarse.seconds}
-            delete = f"DELETE FROM {coarse.table} WHERE {coarse.column} >= to_timestamp($start)"
-            cur.execute(delete, since)
-            sql = _SUM_TIER.format(
-                coarse=coarse.table, fine=fine.table, fine_at=fine.column, seconds=coarse.seconds
-            )
-            cur.execute(sql, since)
+        hour = start // HOUR * HOUR  # the watermark's hour is rebuilt whole
+        cur.execute(_DELETE_HOURS, {"start": hour})
+        rebuild = _CUT + _FROM_RAW.format(tier=HOURS.table, seconds=HOUR, series=_NOT_CUT)
+        cur.execute(rebuild, {"start": hour, "end": end})
+        day = {"start": start // DAY * DAY}
+        cur.execute("DELETE FROM rollup_daily WHERE day >= to_timestamp($start)", day)
+        cur.execute(_DAYS_FROM_HOURS, day)
     cur.execute("UPDATE meta SET value = $v WHERE key = 'rollup_until'", {"v": str(end)})
     cur.execute("UPDATE meta SET value = $v WHERE key = 'rollup_seq'", {"v": str(head)})
     return end

@@ -101,6 +101,11 @@ def test_retention_in_the_service(tmp_path: Path) -> None:
         health = wait_for(lambda: (h := httpx.get(f"{base}/health").json())["jobs"][
             "retention"]["runs"] >= 1 and h)  # fmt: skip
         assert health["status"] == "healthy", health
+        kept = health["retention"]
+        assert kept["raw_from"] == rfc3339(cutoff) and kept["rollups_from"] is not None
+        assert kept["tenants_raw_from"] == {"brief": rfc3339(TODAY - timedelta(days=7))}
+        per_day = 48 * SESSIONS * METRICS  # each series keeps one: SESSIONS * METRICS
+        assert kept["deleted_points"] == (30 + 53) * per_day - 2 * SESSIONS * METRICS
         assert {t: answers(base, t) for t in ("acme", "brief")} == before
         # Finer steps over time whose raw samples are gone: a 422 that says what would do.
         day45 = TODAY - timedelta(days=45)
