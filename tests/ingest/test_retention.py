@@ -3,6 +3,8 @@
 exactly from the rollups, the file stays flat while days roll on, pushes before the
 cutoff are refused, and a tenant's own shorter window deletes only its rows."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -64,6 +66,25 @@ async def fill(writer: Writer, days: range, rng: np.random.Generator, totals: np
         await writer.append(day_table(day, rng, totals))
 
 
+@asynccontextmanager
+async def simulated(
+    path: Path, days: int, seed: int
+) -> AsyncIterator[tuple[Database, Writer, np.random.Generator, np.ndarray]]:
+    """A writer over `days` simulated days from START, rolled up as of just after them;
+    the generator and counter totals go on for more days."""
+    db = Database(path)
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    rng, totals = np.random.default_rng(seed), np.zeros(len(TENANTS) * SERIES)
+    try:
+        await fill(writer, range(days), rng, totals)
+        await writer.refresh_rollups(START + timedelta(days=days, minutes=10))
+        yield db, writer, rng, totals
+    finally:
+        await writer.close()
+        db.close()
+
+
 def day_answers(db: Database, tenant: str | None, step: int, days: int) -> dict[datetime, float]:
     filters = SampleFilters(metric="m", tenant_id=tenant)
     end = START + timedelta(days=days)
@@ -112,14 +133,8 @@ def size(db: Database) -> int:
 
 
 async def test_sixty_days_then_ten_more(tmp_path: Path) -> None:
-    db = Database(tmp_path / "r.duckdb")
-    writer = Writer(db, AppendSignal())
-    await writer.start()
-    rng, totals = np.random.default_rng(3), np.zeros(len(TENANTS) * SERIES)
-    try:
-        await fill(writer, range(60), rng, totals)
+    async with simulated(tmp_path / "r.duckdb", 60, 3) as (db, writer, rng, totals):
         now = START + timedelta(days=60, minutes=10)
-        await writer.refresh_rollups(now)
         by_day = day_answers(db, None, 86_400, 60)
         by_hour = day_answers(db, "a", 3600, 60)
         assert sum(by_day.values()) > 0 and sum(by_hour.values()) > 0
@@ -163,20 +178,11 @@ async def test_sixty_days_then_ten_more(tmp_path: Path) -> None:
         assert raw_before(db, START + timedelta(days=40)) == len(TENANTS) * SERIES
         later = day_answers(db, None, 86_400, 60)
         assert later == by_day  # the rollups still answer for the first 60 days
-    finally:
-        await writer.close()
-        db.close()
 
 
 async def test_a_tenant_window_deletes_only_its_rows(tmp_path: Path) -> None:
-    db = Database(tmp_path / "t.duckdb")
-    writer = Writer(db, AppendSignal())
-    await writer.start()
-    rng, totals = np.random.default_rng(5), np.zeros(len(TENANTS) * SERIES)
-    try:
-        await fill(writer, range(20), rng, totals)
+    async with simulated(tmp_path / "t.duckdb", 20, 5) as (db, writer, rng, totals):
         now = START + timedelta(days=20, minutes=10)
-        await writer.refresh_rollups(now)
         hours = {t: day_answers(db, t, 3600, 20) for t in TENANTS}
         window = (START + timedelta(days=12, hours=23), START + timedelta(days=13, hours=1))
         minutes = {t: answers_between(db, t, 60, *window) for t in TENANTS}
@@ -208,22 +214,13 @@ async def test_a_tenant_window_deletes_only_its_rows(tmp_path: Path) -> None:
         await writer.refresh_rollups(now + timedelta(minutes=5))
         assert day_answers(db, "b", 3600, 20) == hours["b"]
         assert sum(day_answers(db, "a", 3600, 20).values()) == sum(hours["a"].values()) + 7
-    finally:
-        await writer.close()
-        db.close()
 
 
 async def test_minute_rollups_kept_longer_than_raw_rows_answer_whole_minutes(
     tmp_path: Path,
 ) -> None:
-    db = Database(tmp_path / "m.duckdb")
-    writer = Writer(db, AppendSignal())
-    await writer.start()
-    rng, totals = np.random.default_rng(9), np.zeros(len(TENANTS) * SERIES)
-    try:
-        await fill(writer, range(30), rng, totals)
+    async with simulated(tmp_path / "m.duckdb", 30, 9) as (db, writer, rng, totals):
         now = START + timedelta(days=30, minutes=10)
-        await writer.refresh_rollups(now)
         # Days 12-14 are past the raw window (10 d) but in the minute tier's (20 d); day 5
         # in neither: only hours there.
         recent = (START + timedelta(days=12, hours=22), START + timedelta(days=14, hours=3))
@@ -244,9 +241,6 @@ async def test_minute_rollups_kept_longer_than_raw_rows_answer_whole_minutes(
         await writer.retain(policy, now + timedelta(days=1))
         assert {step: answers_between(db, "a", step, *recent) for step in (60, 3600)} == {
             step: before[step] for step in (60, 3600)}  # fmt: skip
-    finally:
-        await writer.close()
-        db.close()
 
 
 async def test_numbering_survives_deleting_every_row(tmp_path: Path) -> None:
