@@ -62,8 +62,9 @@ class Settings(BaseSettings):
     # Notebooks read a Parquet mirror at most this old (CONTRACT.md: at most 60 s).
     export_interval_seconds: Annotated[float, Field(gt=0, le=55)] = 30.0
     rollup_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    # Retention (schemas/retention.py): raw samples, the 1 m rollups, the 1 h and 1 d
-    # rollups; each at least a day, and none kept shorter than a finer one.
+    # Retention (schemas/retention.py): raw samples, the 1 m rollups (only for time after
+    # raw samples: none when kept no longer than they are), the 1 h and 1 d rollups (at
+    # least as long as either); each at least a day.
     retention_raw: Duration = timedelta(days=30)
     retention_minute: Duration = timedelta(days=30)
     retention_rollup: Duration = timedelta(days=400)
@@ -98,16 +99,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _retention(self) -> "Settings":
-        windows = (("retention_raw", self.retention_raw),
-                   ("retention_minute", self.retention_minute),
-                   ("retention_rollup", self.retention_rollup))  # fmt: skip
-        for name, window in windows:
+        windows = {"retention_raw": self.retention_raw, "retention_minute": self.retention_minute,
+                   "retention_rollup": self.retention_rollup}  # fmt: skip
+        for name, window in windows.items():
             if window < timedelta(days=1):
                 raise ValueError(f"{name} must be at least 1d (cutoffs are whole days)")
-        for (finer, short), (coarser, long) in zip(windows, windows[1:], strict=False):
-            if long < short:
-                raise ValueError(f"{coarser} must be at least {finer}: a coarser rollup "
-                                 "answers for the time a finer one no longer holds")  # fmt: skip
+        for finer in ("retention_raw", "retention_minute"):
+            if self.retention_rollup < windows[finer]:
+                why = "the 1 h and 1 d rollups answer for time finer data no longer covers"
+                raise ValueError(f"retention_rollup must be at least {finer}: {why}")
         if not timedelta(minutes=1) <= self.retention_interval <= timedelta(days=1):
             raise ValueError("retention_interval must be from 1m to 1d")
         return self

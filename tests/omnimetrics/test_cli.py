@@ -46,6 +46,21 @@ def test_bad_flags_exit_2_with_one_line(args: list[str], needle: str) -> None:
     assert lines[0].startswith("omnimetrics: error:") and needle in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"OMNIMETRICS_RETENTION_RAW": "12h"}, "retention_raw must be at least 1d"),
+        ({"OMNIMETRICS_RETENTION_RAW": "thirty"}, "retention_raw"),
+        ({"OMNIMETRICS_RETENTION_ROLLUP": "7d"}, "retention_rollup must be at least retention_raw"),
+        ({"OMNIMETRICS_RETENTION_INTERVAL": "5s"}, "retention_interval must be from 1m to 1d"),
+    ],
+)
+def test_bad_retention_settings_exit_2(tmp_path: Path, env: dict[str, str], needle: str) -> None:
+    result = run_cli("serve", env={**env, "OMNIMETRICS_DB": str(tmp_path / "x")})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr
+
+
 def test_bad_environment_twin_exits_2(tmp_path: Path) -> None:
     result = run_cli(
         "serve", env={"OMNIMETRICS_PORT": "nope", "OMNIMETRICS_DB": str(tmp_path / "x")}
