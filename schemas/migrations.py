@@ -147,10 +147,10 @@ MIGRATIONS = (*MIGRATIONS, Migration("0004_series", SERIES_VIEWS, series_migrati
 # Wave 2 retention: rollups in three tiers, kept longer than raw rows: 1 h from raw rows,
 # 1 d from hours, and 1 m materialized from raw rows that retention is about to delete.
 # The next refresh rebuilds the hour and day tiers from the raw rows (all still there:
-# nothing was deleted before this migration). `meta` keeps the cutoffs
-# the retention job applied (epoch seconds, 0: nothing deleted) and the highest seq and
-# batch it ever saw, which the writer numbers after even if their rows are gone;
-# `tenant_retention` a tenant's own later raw cutoff (its `retention_days`).
+# nothing was deleted before this migration). `meta` keeps the cutoffs the retention job
+# applied (epoch seconds, 0: nothing deleted) and the highest seq and batch it ever saw,
+# which the writer numbers after even if their rows are gone; `tenant_retention` a
+# tenant's own later raw cutoff (its `retention_days`).
 _TIERS = """
 CREATE TABLE rollup_minute (
     minute     TIMESTAMPTZ NOT NULL,
