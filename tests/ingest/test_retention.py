@@ -135,6 +135,12 @@ def size(db: Database) -> int:
 async def test_sixty_days_then_ten_more(tmp_path: Path) -> None:
     async with simulated(tmp_path / "r.duckdb", 60, 3) as (db, writer, rng, totals):
         now = START + timedelta(days=60, minutes=10)
+        # Idempotency keys go with their samples: pushes on days 4, 5 and 50 (day 5's is
+        # its series' last before the cutoff, kept).
+        for day in (4, 5, 50):
+            keyed = SampleRow(START + timedelta(days=day), "a", None, None, "keyed", "m",
+                              "delta", 3.0)  # fmt: skip
+            await writer.append_events([(("a", f"e{day}"), [keyed])])
         by_day = day_answers(db, None, 86_400, 60)
         by_hour = day_answers(db, "a", 3600, 60)
         assert sum(by_day.values()) > 0 and sum(by_hour.values()) > 0
@@ -143,20 +149,23 @@ async def test_sixty_days_then_ten_more(tmp_path: Path) -> None:
 
         done = await writer.retain(POLICY, now)
         cutoff = START + timedelta(days=30)
+        keys = db.read_sync(lambda c: c.execute("SELECT event_id FROM ingest_events").fetchall())
+        assert sorted(keys) == [("e5",), ("e50",)]
         # The mirror drops the expired day folders (their files once no reader can be
         # using them: at once here), and keeps the rest.
         export(db)
         assert sorted(p.name for p in mirror.glob("points/day=*"))[0] == "day=2026-07-01"
         assert len(list(mirror.glob("points/day=*"))) == 30
-        assert mirrored(db, "a") == (30 * 288 * SERIES, cutoff)
+        assert mirrored(db, "a") == (30 * 288 * SERIES + 1, cutoff)  # and the day-50 push
         assert done.cutoffs.raw == int(cutoff.timestamp())
         # Every series keeps one row before the cutoff: its first one after needs it.
-        assert raw_before(db, cutoff) == len(TENANTS) * SERIES
-        assert done.points == 30 * 288 * len(TENANTS) * SERIES - len(TENANTS) * SERIES
+        kept = len(TENANTS) * SERIES + 1  # and the keyed series' (day 5)
+        assert raw_before(db, cutoff) == kept
+        assert done.points == 30 * 288 * len(TENANTS) * SERIES + 2 - kept  # and day 4's
         assert day_answers(db, None, 86_400, 60) == by_day
         assert day_answers(db, "a", 3600, 60) == by_hour
-        # Before the cutoff only the 1 h and 1 d tiers are left (the 1 m tier is kept as
-        # long as raw rows by default): a 5-minute step there is refused, with the reason.
+        # Before the cutoff only the 1 h and 1 d tiers are left (by default the 1 m tier is
+        # kept no longer than raw rows: none): a 5-minute step there is refused, with why.
         first = START + timedelta(days=29, hours=23)
         window = (first, first + timedelta(hours=2))
         with pytest.raises(ExpiredQuestion, match="multiples of 3600 s"):
@@ -166,7 +175,7 @@ async def test_sixty_days_then_ten_more(tmp_path: Path) -> None:
         new = SampleRow(cutoff + timedelta(hours=1), "a", None, None, "s1", "m", "counter", 1.0)
         with pytest.raises(Expired, match="keeps raw samples"):
             await writer.append_events([(None, [new]), (None, [old])])
-        assert raw_before(db, cutoff) == len(TENANTS) * SERIES
+        assert raw_before(db, cutoff) == kept
 
         # Ten more days, one at a time, each followed by the job: the file stays flat.
         sizes = [size(db)]
@@ -175,7 +184,7 @@ async def test_sixty_days_then_ten_more(tmp_path: Path) -> None:
             await writer.retain(POLICY, START + timedelta(days=day + 1, minutes=10))
             sizes.append(size(db))
         assert max(sizes) <= sizes[0] * 1.1, sizes
-        assert raw_before(db, START + timedelta(days=40)) == len(TENANTS) * SERIES
+        assert raw_before(db, START + timedelta(days=40)) == kept
         later = day_answers(db, None, 86_400, 60)
         assert later == by_day  # the rollups still answer for the first 60 days
 
