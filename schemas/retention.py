@@ -9,7 +9,8 @@ sample of its first one after it, so that one's delta stays exact. The highest s
 batch are recorded in `meta`, so numbering never repeats even if their rows go.
 
 DuckDB reuses the blocks a delete frees once a checkpoint has run (the writer runs one
-after the job): under a rolling window the file stays flat; `schemas.compact` shrinks it.
+before the job and one after it): under a rolling window the file stays flat;
+`schemas.compact` shrinks it.
 """
 
 from collections.abc import Mapping
