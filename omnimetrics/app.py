@@ -163,16 +163,31 @@ def retention_policy(settings: Settings, tenants: TenantRegistry) -> Policy:
 async def _keep_retention(
     writer: Writer, settings: Settings, tenants: TenantRegistry, outcome: Outcome
 ) -> None:
-    """Delete what retention no longer keeps, through the writer: now, and then every
-    `retention_interval`."""
-    while True:
-        try:
-            await writer.retain(retention_policy(settings, tenants), utcnow())
-        except Exception as exc:
-            outcome.failed(exc)
-        else:
-            outcome.succeeded()
-        await asyncio.sleep(settings.retention_interval.total_seconds())
+    """Delete what retention no longer keeps, through the writer: now, then every
+    `retention_interval`, and at once when a tenant's `retention_days` changes (settings
+    are in force at once)."""
+    changed = asyncio.Event()
+    policy = retention_policy(settings, tenants)
+
+    def follow(tenant_id: str, new: TenantSettings) -> None:
+        if retention_policy(settings, tenants) != policy:
+            changed.set()
+
+    unsubscribe = tenants.subscribe(follow)
+    try:
+        while True:
+            changed.clear()
+            policy = retention_policy(settings, tenants)
+            try:
+                await writer.retain(policy, utcnow())
+            except Exception as exc:
+                outcome.failed(exc)
+            else:
+                outcome.succeeded()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), settings.retention_interval.total_seconds())
+    finally:
+        unsubscribe()
 
 
 @asynccontextmanager

@@ -101,6 +101,9 @@ def test_retention_in_the_service(tmp_path: Path) -> None:
         health = wait_for(lambda: (h := httpx.get(f"{base}/health").json())["jobs"][
             "retention"]["runs"] >= 1 and h)  # fmt: skip
         assert health["status"] == "healthy", health
+        # The job checkpointed after its deletes: the file (and WAL) has not grown.
+        wal = Path(f"{db}.wal")
+        assert db.stat().st_size + (wal.stat().st_size if wal.exists() else 0) <= full_size * 1.1
         kept = health["retention"]
         assert kept["raw_from"] == rfc3339(cutoff) and kept["rollups_from"] is not None
         assert kept["tenants_raw_from"] == {"brief": rfc3339(TODAY - timedelta(days=7))}
@@ -133,10 +136,21 @@ def test_retention_in_the_service(tmp_path: Path) -> None:
         runs = {s.labels["job"]: s.value for f in text_string_to_metric_families(text)
                 for s in f.samples if s.name == "omnimetrics_job_runs_total"}  # fmt: skip
         assert runs["retention"] >= 1
+        # A tenant's new window is in force at once: the job runs again now, not in an hour.
+        put = httpx.put(
+            f"{base}/settings", params={"tenant_id": "acme"}, json={"retention_days": 3}
+        )
+        assert put.status_code == 200, put.text
+        three_days = rfc3339(TODAY - timedelta(days=3))
+        kept = wait_for(lambda: (r := httpx.get(f"{base}/health").json()["retention"])[
+            "tenants_raw_from"].get("acme") == three_days and r)  # fmt: skip
+        assert kept["tenants_raw_from"]["brief"] == rfc3339(TODAY - timedelta(days=7))
+        acme_now = increase(base, "acme", "1d", FIRST, TODAY + timedelta(days=1))
+        assert acme_now.json()["buckets"] == before["acme"]["days"]
     # Each series keeps its last raw sample before its cutoff, nothing older.
-    assert raw_before(db, "acme", cutoff) == SESSIONS * METRICS
+    # (acme's: one more, the series first pushed at the 30-day cutoff above)
+    assert raw_before(db, "acme", TODAY - timedelta(days=3)) == SESSIONS * METRICS + 1
     assert raw_before(db, "brief", TODAY - timedelta(days=7)) == SESSIONS * METRICS
-    assert db.stat().st_size <= full_size * 1.1
 
     done = run_cli("compact", "--db", str(db))
     assert done.returncode == 0, done.stderr
