@@ -182,35 +182,20 @@ def test_kill_9_loses_nothing_committed_and_never_reuses_seq(
         port = start(processes, "--config", str(config), "--db", db)
         base = f"http://127.0.0.1:{port}"
 
-        acknowledged: list[str] = []
+        answers: dict[str, int | None] = {}
         stop = threading.Event()
-
-        def pusher(worker: int) -> None:
-            with httpx.Client(timeout=5) as client:
-                for i in range(10_000):
-                    if stop.is_set():
-                        return
-                    session = f"w{worker}-{i}"
-                    body = {"source": "pusher", "kind": "delta", "session_id": session,
-                            "event_id": session, "metrics": {"n": i}}  # fmt: skip
-                    try:
-                        response = client.post(f"{base}/ingest", json=body)
-                    except httpx.HTTPError:
-                        return
-                    if response.status_code == 202:
-                        acknowledged.append(session)
-
-        threads = [threading.Thread(target=pusher, args=(w,)) for w in range(4)]
+        threads = [threading.Thread(target=push_until_stopped, args=(base, w, stop, answers, 5))
+                   for w in range(4)]  # fmt: skip
         for thread in threads:
             thread.start()
-        wait_for(lambda: len(acknowledged) > 100, timeout=30)
+        wait_for(lambda: len(acknowledged(answers)) > 100, timeout=30)
         before = httpx.get(f"{base}/api/v1/series", params={"limit": 100_000}).json()["samples"]
         processes[-1].send_signal(signal.SIGKILL)
         processes[-1].wait(timeout=10)
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
-        acked = set(acknowledged)
+        acked = acknowledged(answers)
 
         port = start(processes, "--config", str(config), "--db", db)
         base = f"http://127.0.0.1:{port}"
@@ -287,12 +272,7 @@ def test_sigterm_during_a_tick_ends_it_cleanly(tmp_path: Path) -> None:
         config = tmp_path / "slow.toml"
         config.write_text(f'[[sources]]\nname = "slow"\nurl = "{slow}"\n'
                           f'[[sources]]\nname = "fast"\nurl = "{fast}"\n')  # fmt: skip
-        port = free_port()
-        proc = subprocess.Popen(
-            [*EXE, "serve", "--port", str(port), "--config", str(config),
-             "--db", str(tmp_path / "t.duckdb")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        proc, port = serve_logged(config, tmp_path / "t.duckdb")
         try:
 
             def ticking() -> bool:
@@ -306,15 +286,13 @@ def test_sigterm_during_a_tick_ends_it_cleanly(tmp_path: Path) -> None:
             wait_for(lambda: upstream.requests["/slow"] > upstream.requests["/fast"] - 1,
                      timeout=5)  # fmt: skip
             time.sleep(0.3)  # inside a tick: the slow source is being waited for
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=15)
+            err, elapsed = sigterm(proc)
         finally:
             if proc.poll() is None:
                 proc.kill()
         requested = upstream.requests["/slow"]
     log = err.decode()
-    assert time.monotonic() - started < 10
+    assert elapsed < 10
     assert proc.returncode == 0, log  # a clean shutdown, not the signal raised again
     assert "Traceback" not in log and "CancelledError" not in log, log
     assert "abandoned" not in log  # it finished within the grace period
@@ -377,13 +355,11 @@ def test_json_logs_are_one_object_a_line_and_probes_and_the_demo_are_quiet(
             httpx.get(f"{base}/metrics")
         assert httpx.get(f"{base}/api/v1/nothing-here").status_code == 404
         time.sleep(1.5)  # a few more ticks: the demo upstreams are asked twice each
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        err, elapsed = sigterm(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert time.monotonic() - started < 10 and proc.returncode == 0
+    assert elapsed < 10 and proc.returncode == 0
     lines = [orjson.loads(line) for line in err.decode().splitlines()]  # each one JSON
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     access = [line for line in lines if line["logger"] == "uvicorn.access"]
@@ -404,29 +380,10 @@ def test_sigterm_commits_or_refuses_every_push_and_ends_streams_with_their_curso
     1001 with its resume cursor, the SSE stream ends, and the process exits 0 within 10 s."""
     config = tmp_path / "none.toml"
     config.write_text("sources = []\n")
-    port = free_port()
-    proc = subprocess.Popen(
-        [*EXE, "serve", "--port", str(port), "--config", str(config),
-         "--db", str(tmp_path / "t.duckdb")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    proc, port = serve_logged(config, tmp_path / "t.duckdb")
     base = f"http://127.0.0.1:{port}"
     answers: dict[str, int | None] = {}  # event id -> status (None: no answer)
     stop = threading.Event()
-
-    def pusher(worker: int) -> None:
-        with httpx.Client(timeout=15) as client:
-            for i in range(10_000):
-                if stop.is_set():
-                    return
-                event_id = f"w{worker}-{i}"
-                body = {"source": "pusher", "kind": "gauge", "metrics": {"n": i},
-                        "event_id": event_id}  # fmt: skip
-                try:
-                    answers[event_id] = client.post(f"{base}/ingest", json=body).status_code
-                except httpx.HTTPError:
-                    answers[event_id] = None
-                    return  # the server is going away
 
     closed: list[tuple[int, str]] = []
     sse_lines: list[str] = []
@@ -446,15 +403,13 @@ def test_sigterm_commits_or_refuses_every_push_and_ends_streams_with_their_curso
 
     try:
         wait_for(lambda: _answers(base), timeout=30, interval=0.1)
-        threads = [threading.Thread(target=pusher, args=(w,)) for w in range(6)]
+        threads = [threading.Thread(target=push_until_stopped, args=(base, w, stop, answers, 15))
+                   for w in range(6)]  # fmt: skip
         threads += [threading.Thread(target=watcher), threading.Thread(target=sse)]
         for t in threads:
             t.start()
-        wait_for(lambda: sum(1 for s in list(answers.values()) if s == 202) >= 50, timeout=30)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-        elapsed = time.monotonic() - started
+        wait_for(lambda: len(acknowledged(answers)) >= 50, timeout=30)
+        err, elapsed = sigterm(proc)
         stop.set()
         for t in threads:
             t.join(timeout=30)
@@ -476,11 +431,52 @@ def test_sigterm_commits_or_refuses_every_push_and_ends_streams_with_their_curso
             "SELECT event_id FROM ingest_events").fetchall()})  # fmt: skip
     finally:
         db.close()
-    acknowledged = {e for e, status in answers.items() if status == 202}
     refused = {e for e, status in answers.items() if status == 503}
-    assert acknowledged <= stored  # every 202 was committed
+    assert acknowledged(answers) <= stored  # every 202 was committed
     assert not refused & stored  # a 503 stored nothing
     assert stored <= set(answers)
+
+
+def serve_logged(config: Path, db: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`omnimetrics serve` on a free port, its stderr kept (for `sigterm`)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*EXE, "serve", "--port", str(port), "--config", str(config), "--db", str(db)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    return proc, port
+
+
+def sigterm(proc: subprocess.Popen[bytes]) -> tuple[bytes, float]:
+    """SIGTERM, then wait (15 s at most) for the exit: its stderr and the seconds it took."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    return err, time.monotonic() - started
+
+
+def push_until_stopped(
+    base: str, worker: int, stop: threading.Event, answers: dict[str, int | None], timeout: float
+) -> None:
+    """Push one event at a time (its id also its session) until `stop` is set or the server
+    goes away, each event id's status into `answers` (None: no answer)."""
+    with httpx.Client(timeout=timeout) as client:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            event_id = f"w{worker}-{i}"
+            body = {"source": "pusher", "kind": "delta", "session_id": event_id,
+                    "event_id": event_id, "metrics": {"n": i}}  # fmt: skip
+            try:
+                answers[event_id] = client.post(f"{base}/ingest", json=body).status_code
+            except httpx.HTTPError:
+                answers[event_id] = None
+                return  # the server is going away
+
+
+def acknowledged(answers: dict[str, int | None]) -> set[str]:
+    """The event ids answered 202 (read while pushers still write)."""
+    return {e for e, status in list(answers.items()) if status == 202}
 
 
 def _answers(base: str) -> bool:
