@@ -50,15 +50,41 @@ def with_deltas(rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
     and `seq`, with a `delta` column: each row's `sample_delta` against the row before it
     in its series, as the `sample_deltas` view computes it over the same rows. Also, per
     row, whether a row of its series comes before it (False for each series' first)."""
-    keys = [(name, "ascending") for name in (*SERIES_COLUMNS, "ts", "seq")]
-    rows = rows.take(pc.sort_indices(rows, sort_keys=keys)).combine_chunks()
-    value = rows.column("value").to_numpy()
+    order, delta, has, follows = _in_series_order(rows)
+    rows = rows.take(order).combine_chunks()
+    return rows.append_column("delta", pa.array(delta, mask=~has)), follows
+
+
+def deltas_of(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """`with_deltas`'s deltas, in the order of `rows`: each row's delta (anything where it
+    has none) and whether it has one."""
+    order, sorted_delta, sorted_has, _ = _in_series_order(rows)
+    delta, has = np.empty_like(sorted_delta), np.empty_like(sorted_has)
+    delta[order], has[order] = sorted_delta, sorted_has
+    return delta, has
+
+
+def _in_series_order(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The order of `rows` by series, `ts` and `seq`, and in that order each row's delta,
+    whether it has one, and whether a row of its series comes before it. Only the sort
+    keys are sorted as a table; the rest is taken in that order as NumPy arrays."""
+    names = [*SERIES_COLUMNS, "ts", "seq"]
+    keys = [(name, "ascending") for name in names]
+    order = pc.sort_indices(rows.select(names), sort_keys=keys).to_numpy()
+    n = len(order)
+    value = rows.column("value").to_numpy()[order]
     prev = np.roll(value, 1)
     kind = rows.column("kind")
-    own = pc.equal(kind, "delta").to_numpy()
-    follows = same_as_previous(rows, SERIES_COLUMNS)
-    counted = pc.is_in(kind, pa.array(CUMULATIVE)).to_numpy() & follows
+    own = pc.equal(kind, "delta").to_numpy()[order]
+    (series,) = (rows.column(name) for name in SERIES_COLUMNS)
+    if series.null_count:
+        follows = same_as_previous(rows.select(SERIES_COLUMNS).take(order), SERIES_COLUMNS)
+    else:
+        ids = series.to_numpy()[order]
+        follows = np.zeros(n, bool)
+        follows[1:] = ids[1:] == ids[:-1]
+    counted = pc.is_in(kind, pa.array(CUMULATIVE)).to_numpy()[order] & follows
     with np.errstate(over="ignore", invalid="ignore"):  # masked rows may hold anything
         rise = np.where(value >= prev, value - prev, value)
     delta = np.where(own, value, rise)
-    return rows.append_column("delta", pa.array(delta, mask=~(own | counted))), follows
+    return order, delta, own | counted, follows

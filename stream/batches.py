@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.db import arrow
-from schemas.deltas import CUMULATIVE, with_deltas
+from schemas.deltas import CUMULATIVE, deltas_of
 from schemas.labels import Labels
 
 # For ranges read through the macro (`point_deltas_between`): where it looks for each
@@ -159,26 +159,39 @@ WHERE id IN (SELECT unnest($ids))
 class KnownSeries:
     """The series read so far from one database (bounded): their strings are read once,
     not once per row. A map handed out is only ever added to, never changed, so blocks
-    of other threads can keep using it."""
+    of other threads can keep using it. Which ids it holds is also kept as a bitmap by id
+    (ids are small integers given out in turn), so a page's ids are checked per column."""
 
     def __init__(self, limit: int = MAX_SERIES) -> None:
-        self._info: SeriesInfo = {}
+        self._state: tuple[SeriesInfo, np.ndarray] = ({}, np.zeros(0, bool))
         self._limit = limit
 
-    def resolve(self, cur: duckdb.DuckDBPyConnection, ids: list[int]) -> SeriesInfo:
-        """A map that holds each of `ids` (distinct)."""
-        info = self._info
-        missing = list(set(ids).difference(info))
-        if not missing:
+    def resolve(self, cur: duckdb.DuckDBPyConnection, ids: np.ndarray) -> SeriesInfo:
+        """A map that holds each of `ids` (distinct, not negative)."""
+        info, held = self._state  # one pair: a bit set means the id is in that map
+        inside = ids < len(held)
+        known = np.zeros(len(ids), bool)
+        known[inside] = held[ids[inside]]
+        if known.all():
             return info
-        found = {
-            r[0]: Series(r[1], r[2], r[3], r[4], r[5], labels_of(r[6]))
-            for r in cur.execute(_SERIES, {"ids": missing}).fetchall()
+        missing = ids[~known].tolist()
+        columns = [c.to_pylist() for c in arrow(cur, _SERIES, {"ids": missing}).columns]
+        found = {  # by column: half the time of `fetchall` (its labels come as dicts)
+            i: Series(tenant, tool, session, source, name, labels_of(labels))
+            for i, tenant, tool, session, source, name, labels in zip(*columns, strict=True)
         }
+        added = list(found)
         if len(info) + len(found) > self._limit:  # start a new map with this read's series
-            info = {i: info[i] for i in ids if i in info}
-            self._info = info
+            info = {i: info[i] for i in ids[known].tolist()}
+            held, added = np.zeros(0, bool), [*info, *found]
         info.update(found)
+        top = int(ids.max()) + 1
+        if top > len(held):
+            grown = np.zeros(max(top, 2 * len(held)), bool)
+            grown[: len(held)] = held
+            held = grown
+        held[added] = True  # after the map holds them
+        self._state = (info, held)
         return info
 
 
@@ -203,8 +216,8 @@ WHERE batch >= $first AND batch <= $last AND NOT up
 ORDER BY batch, source
 """
 _BATCH_END = """
-SELECT max(seq) FROM points
-WHERE batch = (SELECT batch FROM points WHERE seq = $seq) AND seq >= $seq
+(SELECT max(seq) FROM points
+ WHERE batch = (SELECT batch FROM points WHERE seq = ${p}) AND seq >= ${p})
 """
 
 
@@ -223,7 +236,7 @@ def read_batches(
     if upto <= after:
         return []
     known = known if known is not None else KnownSeries()
-    page = arrow(cur, _PAGE, {"after": after, "upto": upto})
+    page = _in_seq_order(arrow(cur, _PAGE, {"after": after, "upto": upto}))
     if not page.num_rows:
         return []
     span = pc.min_max(page.column("ts"))
@@ -232,29 +245,32 @@ def read_batches(
     (crossing,) = cur.execute(_CROSSING, bounds).fetchall()[0]
     if crossing:
         return _read_through_macro(cur, after, upto, lo, hi, known)
-    return with_deltas_in(cur, page, _samples_before(cur, page, lo, after), after, upto, known)
+    return with_deltas_in(cur, page, _samples_before(cur, page, lo, after), known)
+
+
+def _in_seq_order(rows: pa.Table) -> pa.Table:
+    seq = rows.column("seq").to_numpy()
+    if (np.diff(seq) > 0).all():
+        return rows
+    return rows.take(np.argsort(seq))
 
 
 def with_deltas_in(
-    cur: duckdb.DuckDBPyConnection,
-    page: pa.Table,
-    before: pa.Table,
-    after: int,
-    upto: int,
-    known: KnownSeries,
+    cur: duckdb.DuckDBPyConnection, page: pa.Table, before: pa.Table, known: KnownSeries
 ) -> list[Batch]:
-    """`page`'s rows (seq in (after, upto], in order) as batches, each row with its delta
+    """`page`'s rows (a range of seqs, in order) as batches, each row with its delta
     against the row before it in its series by (ts, seq): in `page`, or else in `before`
     (rows outside the range that hold each series' sample just before the page)."""
-    rows, _ = with_deltas(pa.concat_tables([page, before]))
-    seq = rows.column("seq")
-    rows = rows.filter(pc.and_(pc.greater(seq, after), pc.less_equal(seq, upto)))
-    return _batches_of(cur, rows.take(pc.sort_indices(rows.column("seq"))), known)
+    delta, has = deltas_of(pa.concat_tables([page, before]))
+    n = page.num_rows
+    return _batches_of(cur, page, np.where(has[:n], delta[:n], 0.0), has[:n], known)
 
 
+# In the order rows were stored, which is seq order (`_in_seq_order` checks; ORDER BY
+# costs a sort, 1 ms of a 20,000-row page's 2.6).
 _PAGE = """
 SELECT seq, batch, ts, series_id, kind, value FROM points
-WHERE seq > $after AND seq <= $upto ORDER BY seq
+WHERE seq > $after AND seq <= $upto
 """
 # Rows outside the range that a row of the range could follow in time (those at the
 # range's first time with a smaller seq come before all of it, at its last with a larger
@@ -319,15 +335,24 @@ def _read_through_macro(
         "after": after,
         "upto": upto,
     }
-    return _batches_of(cur, arrow(cur, _ROWS, params), known)
+    rows = arrow(cur, _ROWS, params)
+    delta = rows.column("delta")
+    return _batches_of(cur, rows, pc.fill_null(delta, 0.0).to_numpy(), delta.is_valid().to_numpy(),
+                       known)  # fmt: skip
 
 
-def _batches_of(cur: duckdb.DuckDBPyConnection, rows: pa.Table, known: KnownSeries) -> list[Batch]:
-    """`rows` (`seq`, `batch`, `ts`, `series_id`, `kind`, `value`, `delta`; seq order) as
-    one block, cut into its batches with their failed scrapes."""
+def _batches_of(
+    cur: duckdb.DuckDBPyConnection,
+    rows: pa.Table,
+    delta: np.ndarray,
+    has_delta: np.ndarray,
+    known: KnownSeries,
+) -> list[Batch]:
+    """`rows` (`seq`, `batch`, `ts`, `series_id`, `kind`, `value`; seq order) with their
+    deltas (a number only where `has_delta`) as one block, cut into its batches with their
+    failed scrapes."""
     if not rows.num_rows:
         return []
-    delta = rows.column("delta")
     block = Block(
         rows.column("seq").to_numpy(),
         rows.column("batch").to_numpy(),
@@ -335,9 +360,9 @@ def _batches_of(cur: duckdb.DuckDBPyConnection, rows: pa.Table, known: KnownSeri
         rows.column("series_id").to_numpy(),
         rows.column("kind").combine_chunks(),
         rows.column("value").to_numpy(),
-        pc.fill_null(delta, 0.0).to_numpy(),
-        delta.is_valid().to_numpy(),
-        known.resolve(cur, pc.unique(rows.column("series_id")).to_pylist()),
+        delta,
+        has_delta,
+        known.resolve(cur, pc.unique(rows.column("series_id")).to_numpy()),
     )
     return batches_of(block, read_failures(cur, int(block.batch[0]), int(block.batch[-1])))
 
@@ -377,5 +402,12 @@ def page_end(cur: duckdb.DuckDBPyConnection, after: int, head: int) -> int:
 def batch_end(cur: duckdb.DuckDBPyConnection, seq: int) -> int:
     """The last seq of the committed batch holding `seq`; `seq` itself when none holds it
     (not committed yet, or between batches)."""
-    (end,) = cur.execute(_BATCH_END, {"seq": seq}).fetchall()[0]
-    return int(end) if end is not None else seq
+    return batch_ends(cur, seq)[0]
+
+
+def batch_ends(cur: duckdb.DuckDBPyConnection, *seqs: int) -> list[int]:
+    """`batch_end` of each of `seqs`, in one statement (each costs ~0.5 ms of its own)."""
+    names = [f"s{i}" for i in range(len(seqs))]
+    sql = "SELECT " + ", ".join(_BATCH_END.format(p=name) for name in names)
+    ends = cur.execute(sql, dict(zip(names, seqs, strict=True))).fetchall()[0]
+    return [int(end) if end is not None else seq for end, seq in zip(ends, seqs, strict=True)]

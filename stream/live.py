@@ -110,8 +110,7 @@ def read_live(
     # In time order within each series, so each row's delta is against the one before
     # it, or the one the cache knows.
     before = {key: last for key, last in zip(keys, lasts, strict=True) if last is not None}
-    batches = with_deltas_in(cur, table, _as_rows(before, table.schema), after, upto,
-                             cache.known)  # fmt: skip
+    batches = with_deltas_in(cur, table, _as_rows(before, table.schema), cache.known)
     # Each series' latest is now its last row here.
     last_rows = np.flatnonzero(np.r_[first[1:], True])
     seqs = table.column("seq").to_numpy()[order][last_rows].tolist()

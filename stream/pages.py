@@ -21,7 +21,7 @@ from typing import Any
 import anyio.to_thread
 import duckdb
 
-from stream.batches import PAGE_ROWS, Batch, KnownSeries, batch_end, read_batches
+from stream.batches import PAGE_ROWS, Batch, KnownSeries, batch_ends, read_batches
 from stream.encode import Filter, Outgoing, encode_batches
 
 KEEP_PAGES = 8
@@ -67,18 +67,27 @@ Encoded = list[list[Outgoing]]  # per batch of a page
 
 
 def read_page(
-    cur: duckdb.DuckDBPyConnection, first: int, last: int, bound: int, known: KnownSeries
+    cur: duckdb.DuckDBPyConnection,
+    first: int,
+    last: int,
+    bound: int,
+    known: KnownSeries,
+    told: Callable[[int], None] | None = None,
 ) -> Page:
     """The page between the ends of the batches holding seqs `first` and `last` (grid
-    points), cut at `bound` (a batch boundary the stream has reached)."""
-    start = batch_end(cur, first)
-    end = min(batch_end(cur, last), bound)
+    points), cut at `bound` (a batch boundary the stream has reached). `told` hears
+    where it ends as soon as that is known, before its rows are read."""
+    start, end = batch_ends(cur, first, last)
+    end = min(end, bound)
+    if told is not None:
+        told(max(start, end))
     if end <= start:
         return Page(start, max(start, end), [])
     return Page(start, end, read_batches(cur, start, end, known))
 
 
-Reader = Callable[[int, int, int], Coroutine[Any, Any, Page]]  # read_page's (first, last, bound)
+Told = Callable[[int], None]  # called from the reading thread
+Reader = Callable[[int, int, int, Told], Coroutine[Any, Any, Page]]  # read_page's arguments
 
 
 class SharedPages:
@@ -88,42 +97,77 @@ class SharedPages:
         self._keep = keep
         self._grid = grid
         self._pages: OrderedDict[int, asyncio.Task[Page]] = OrderedDict()
+        self._ends: dict[asyncio.Task[Page], asyncio.Future[int]] = {}  # where each will end
         self.reads = 0  # pages read, since start
-        self.served = 0  # pages served to clients, since start
 
-    async def page(self, after: int, bound: int, read: Reader, ahead: bool = False) -> Page | None:
+    async def page(self, after: int, bound: int, read: Reader) -> Page | None:
         """The page that serves a client at `after` (behind `bound`, the stream's
-        position), read now or shared with others; None when `after` is inside a batch.
-        `ahead`: asked for before the client needs it (not counted as served)."""
-        cell = after // self._grid
+        position), read now or shared with others; None when `after` is inside a batch."""
         while True:
-            task = self._pages.get(cell)
-            if task is None or (task.done() and not _reaches(task, after)):
-                task = self._start(cell, bound, read)
-            else:
-                self._pages.move_to_end(cell)
+            task = self._task(after, bound, read)
             page = await asyncio.shield(task)
             if page.end > after:  # a later read of this cell would start there too
-                self.served += not ahead
                 return page if page.serves(after) else None
             # Read before the stream got this far: read the cell again, up to `bound`.
-            if self._pages.get(cell) is task:
-                del self._pages[cell]
+            if self._pages.get(after // self._grid) is task:
+                self._forget(after // self._grid)
+
+    async def end(self, after: int, bound: int, read: Reader) -> int | None:
+        """Where the page that `page(after, ...)` gives will end, as soon as its read
+        knows (before its rows are read), so the next page's read can start meanwhile;
+        None where it will not tell (a read that must be done again, or failed)."""
+        end_of = self._ends.get(self._task(after, bound, read))
+        try:
+            end = await asyncio.shield(end_of) if end_of is not None else 0
+        except LookupError:
+            return None
+        return end if end > after else None
+
+    def _task(self, after: int, bound: int, read: Reader) -> "asyncio.Task[Page]":
+        cell = after // self._grid
+        task = self._pages.get(cell)
+        if task is None or (task.done() and not _reaches(task, after)):
+            return self._start(cell, bound, read)
+        self._pages.move_to_end(cell)
+        return task
 
     def _start(self, cell: int, bound: int, read: Reader) -> "asyncio.Task[Page]":
-        task = asyncio.create_task(read(cell * self._grid, (cell + 1) * self._grid, bound))
-        task.add_done_callback(lambda done: self._failed(cell, done))
+        loop = asyncio.get_running_loop()
+        end: asyncio.Future[int] = loop.create_future()
+
+        def told(at: int) -> None:  # from the reading thread
+            loop.call_soon_threadsafe(_settle, end, at)
+
+        task = asyncio.create_task(read(cell * self._grid, (cell + 1) * self._grid, bound, told))
+        task.add_done_callback(lambda done: self._done(cell, done))
         self._pages[cell] = task
+        self._ends[task] = end
         self.reads += 1
         # Forget the pages used longest ago, never one still being read (clients wait on it).
         done = [c for c, t in self._pages.items() if t.done()]
         for old in done[: max(0, len(self._pages) - self._keep)]:
-            del self._pages[old]
+            self._forget(old)
         return task
 
-    def _failed(self, cell: int, task: "asyncio.Task[Page]") -> None:
-        if (task.cancelled() or task.exception() is not None) and self._pages.get(cell) is task:
-            del self._pages[cell]  # the next client reads it anew
+    def _forget(self, cell: int) -> None:
+        self._ends.pop(self._pages.pop(cell), None)
+
+    def _done(self, cell: int, task: "asyncio.Task[Page]") -> None:
+        end = self._ends.get(task)
+        failed = task.cancelled() or task.exception() is not None
+        if end is not None and not end.done():
+            if failed:
+                end.set_exception(LookupError("the read failed"))
+                end.exception()  # nobody need retrieve it
+            else:
+                end.set_result(task.result().end)
+        if failed and self._pages.get(cell) is task:
+            self._forget(cell)  # the next client reads it anew
+
+
+def _settle(future: "asyncio.Future[int]", end: int) -> None:
+    if not future.done():
+        future.set_result(end)
 
 
 def _reaches(task: "asyncio.Task[Page]", after: int) -> bool:

@@ -61,6 +61,7 @@ class ReplayGate:
         self.reading = 0
         self.refused = 0  # since start
         self.pages = 0  # page reads, since start
+        self.served = 0  # pages written to clients (shared or not), since start
         self._slots = asyncio.Semaphore(reads)
         self._turns = Rounds(TURNS)
         self.shared = shared or SharedPages()  # pages read once for clients nearby

@@ -1,9 +1,10 @@
 """What WS and SSE share: joining the hub, the `connected` message, and catching up."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, TypeVar
 
 from schemas.db import Database
 from schemas.times import rfc3339, utcnow
@@ -11,8 +12,11 @@ from stream.batches import known_series, page_end, read_batches
 from stream.cursor import BadCursor, parse_cursor
 from stream.encode import Filter, Outgoing, control
 from stream.hub import Client, Hub, settings_tenant
-from stream.pages import Page, read_page
+from stream.pages import Encoded, Page, Told, read_page
 from stream.replay import ReplayGate, Ticket
+
+T = TypeVar("T")
+AHEAD = 1  # pages encoded (or being encoded) ahead of the one being written
 
 
 @dataclass
@@ -102,53 +106,92 @@ async def catch_up(
     """Every batch after the session's resume point up to the client's start, from DuckDB
     in pages, for its filter, a page's messages at a time. Pages are shared with the other
     clients catching up nearby (stream/pages.py); each read takes one of the gate's slots.
-    The client leaves the gate when done."""
+    Reading runs ahead of the client: while one page is written, the next is encoded and
+    the one after it read (in worker threads, mostly outside the GIL). The client leaves
+    the gate when done."""
     client = session.client
     position = session.resume_after if session.resume_after is not None else client.start_seq
     known = known_series(hub.epoch)
 
-    async def read(first: int, last: int, bound: int) -> Page:
+    async def read(first: int, last: int, bound: int, told: Told) -> Page:
         async with gate.read():
             return await db.read(
-                partial(read_page, first=first, last=last, bound=bound, known=known)
+                partial(read_page, first=first, last=last, bound=bound, known=known, told=told)
             )
 
-    async def prefetch(after: int) -> None:
-        page = await gate.shared.page(after, hub.position, read, ahead=True)
-        if page is not None:
-            await page.encoded(client.filter, hub.epoch)
+    async def read_at(after: int) -> Page:
+        page = await gate.shared.page(after, hub.position, read)
+        if page is None:  # a cursor inside a batch: from there to a batch's end, on its own
+            async with gate.read():
+                end = await db.read(partial(page_end, after=after, head=client.start_seq))
+                batches = await db.read(partial(read_batches, after=after, upto=end, known=known))
+            page = Page(after, end, batches)
+        return page
 
-    ahead: asyncio.Task[None] | None = None
+    ready: asyncio.Queue[asyncio.Future[tuple[Page, Encoded]]] = asyncio.Queue(AHEAD)
+
+    async def encoded(page: Page) -> tuple[Page, Encoded]:
+        return page, await page.encoded(client.filter, hub.epoch)
+
+    async def run_ahead(after: int) -> None:
+        # Each page's read starts as soon as the one before it knows where it ends (its
+        # first statement), so two reads go on at once; each page is encoded as soon as
+        # it is read. A guess that proves wrong (a page cut at the stream's position
+        # meanwhile, a cursor inside a batch) is read again from where the page ended.
+        reading: asyncio.Future[Page] = _ahead(read_at(after))
+        nxt: asyncio.Future[Page] | None = None
+        try:
+            while True:
+                end = await gate.shared.end(after, hub.position, read)
+                if end is not None and end < client.start_seq:
+                    nxt = _ahead(read_at(end))
+                try:
+                    page = await reading
+                except Exception as exc:  # the client's next page fails with it
+                    failed: asyncio.Future[tuple[Page, Encoded]] = asyncio.Future()
+                    failed.set_exception(exc)
+                    await ready.put(failed)
+                    return
+                await ready.put(_ahead(encoded(page)))  # encoded while the next is read
+                after = page.end
+                if after >= client.start_seq:
+                    return
+                if nxt is None or end != after:
+                    if nxt is not None:
+                        nxt.cancel()
+                    nxt = _ahead(read_at(after))
+                reading, nxt = nxt, None
+        finally:
+            for work in (reading, nxt):
+                if work is not None:
+                    work.cancel()
+
+    reader = asyncio.create_task(run_ahead(position))
     try:
         while position < client.start_seq:
-            page = await gate.shared.page(position, hub.position, read)
-            if page is None:  # a cursor inside a batch: from there to a batch's end, on its own
-                async with gate.read():
-                    end = await db.read(partial(page_end, after=position, head=client.start_seq))
-                    batches = await db.read(
-                        partial(read_batches, after=position, upto=end, known=known)
-                    )
-                page = Page(position, end, batches)
-            encoded = await page.encoded(client.filter, hub.epoch)
-            if page.end < client.start_seq and (ahead is None or ahead.done()):
-                # The next page is read and encoded (in worker threads) while this one is
-                # written.
-                ahead = asyncio.create_task(prefetch(page.end))
-                ahead.add_done_callback(_retrieved)
+            page, messages_of = await (await ready.get())
+            gate.served += 1
             await gate.turn()  # from here nothing waits until the caller has written them
-            messages = page.messages(encoded, position, client.start_seq)
-            end = page.end
+            messages = page.messages(messages_of, position, client.start_seq)
             if messages:
                 yield messages
-            position = min(end, client.start_seq)
+            position = min(page.end, client.start_seq)
     finally:
-        if ahead is not None:
-            ahead.cancel()
+        reader.cancel()
+        while not ready.empty():
+            ready.get_nowait().cancel()
         session.leave_catch_up()
 
 
-def _retrieved(task: "asyncio.Task[None]") -> None:
-    """A read ahead that failed: the client's own read of that page retries it."""
+def _ahead(work: Coroutine[Any, Any, T]) -> "asyncio.Future[T]":
+    """`work` started ahead of the client; if the client leaves before taking its result,
+    its error is not logged."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_retrieved)
+    return task
+
+
+def _retrieved(task: "asyncio.Future[Any]") -> None:
     if not task.cancelled():
         task.exception()
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from query.history import LOOKBACK_MINUTES, raw_deltas, series_lookup
 from query.sql import where
 from schemas.db import Database
-from schemas.deltas import with_deltas
+from schemas.deltas import deltas_of, with_deltas
 from schemas.models import SampleFilters
 from tests.schemas.test_deltas import POINT, SERIES, T0, counter_rows, insert, point_rows
 
@@ -97,3 +97,39 @@ def test_with_deltas_counts_a_restart_as_new_work() -> None:
     assert follows.tolist() == [False, True, True, True, True]
     assert got.column("seq").to_pylist() == [1, 2, 3, 4, 5]
     assert got.column("delta").to_pylist() == [None, 10, 5, 5, 7]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # series
+            st.integers(0, 5),  # ts (ties on purpose)
+            st.sampled_from(["counter", "gauge", "delta", "untyped"]),
+            st.sampled_from([0.0, 1.0, 2.5, 7.0, -1.0, float("nan"), float("inf")]),
+        ),
+        max_size=40,
+    ),
+    shuffle=st.randoms(use_true_random=False),
+)
+def test_deltas_in_place_are_with_deltas_in_its_order(
+    rows: list[tuple[int, int, str, float]], shuffle: random.Random
+) -> None:
+    """`deltas_of` (each row's delta where it stands) is `with_deltas` (rows in series
+    order) put back in the rows' own order."""
+    order = list(range(len(rows)))
+    shuffle.shuffle(order)  # seq is not the rows' order
+    table = pa.table({
+        "seq": pa.array([order[i] for i in range(len(rows))], pa.int64()),
+        "ts": pa.array([T0 + timedelta(seconds=r[1]) for r in rows], pa.timestamp("us", "UTC")),
+        "series_id": pa.array([r[0] for r in rows], pa.int64()),
+        "kind": pa.array([r[2] for r in rows], pa.string()),
+        "value": pa.array([r[3] for r in rows], pa.float64()),
+    })  # fmt: skip
+    delta, has = deltas_of(table)
+    ordered, _ = with_deltas(table)
+    by_seq = dict(zip(ordered.column("seq").to_pylist(), ordered.column("delta").to_pylist(),
+                      strict=True))  # fmt: skip
+    got = [float(d) if h else None for d, h in zip(delta, has, strict=True)]
+    want = [by_seq[s] for s in table.column("seq").to_pylist()]
+    assert [repr(g) for g in got] == [repr(w) for w in want]  # NaN as NaN

@@ -1,9 +1,12 @@
 """The live tail's deltas equal the view's, whatever order rows arrive in."""
 
+import random
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -146,22 +149,30 @@ async def test_catch_up_rows_read_as_arrow_are_the_rows_fetchall_gives(tmp_path:
     gaps=st.lists(st.sampled_from([0, 0, 0, 1, 3, 40, 900, 2 * 86400]), min_size=20,
                   max_size=20),
     cuts=st.lists(st.integers(0, 20), min_size=2, max_size=6),
+    shuffle=st.randoms(use_true_random=False),
 )  # fmt: skip
 @example(  # a later batch backdated between the range's rows of its series
     batches=[[(0, "counter", 1, 0), (0, "counter", 5, 10)], [(0, "counter", 3, -5)]],
     gaps=[0] * 20,
     cuts=[0, 1],
+    shuffle=random.Random(0),
 )
 @example(  # an earlier batch dated between them
     batches=[[(0, "counter", 3, 5)], [(0, "counter", 1, -5), (0, "counter", 5, 10)]],
     gaps=[0] * 20,
     cuts=[1, 2],
+    shuffle=random.Random(0),
 )
 def test_catch_up_deltas_equal_the_view_for_any_range(
-    batches: list[list[tuple[int, str, int, int]]], gaps: list[int], cuts: list[int]
+    batches: list[list[tuple[int, str, int, int]]],
+    gaps: list[int],
+    cuts: list[int],
+    shuffle: random.Random,
 ) -> None:
     """However far back each series' sample before a range lies (seconds, minutes, days:
-    the widening windows), and with backdated rows among and around it (the macro)."""
+    the widening windows), with backdated rows among and around it (the macro), and
+    stored in any order (a page is read in stored order, and put in seq order when that
+    is not it)."""
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(Path(tmp) / "ranges.duckdb")
         try:
@@ -174,11 +185,56 @@ def test_catch_up_deltas_equal_the_view_for_any_range(
                     ts += timedelta(seconds=step)
                     out.append((seq, b, ts, *SERIES[which], kind, float(value)))
                 ends.append(seq)
+            shuffle.shuffle(out)
             insert(cur, out)
             view = dict(cur.execute("SELECT seq, delta FROM sample_deltas").fetchall())
             marks = sorted({ends[min(c, len(ends) - 1)] for c in cuts})
             for after, upto in zip(marks, marks[1:], strict=False):
-                got = {r.seq: r.delta for b in read_batches(cur, after, upto) for r in b.rows}
-                assert got == {s: view[s] for s in range(after + 1, upto + 1)}, (after, upto)
+                read = read_batches(cur, after, upto)
+                got = [(r.seq, r.delta) for b in read for r in b.rows]
+                assert got == [(s, view[s]) for s in range(after + 1, upto + 1)], (after, upto)
+                assert [b.batch for b in read] == sorted({r.batch for b in read for r in b.rows})
         finally:
             db.close()
+
+
+@pytest.mark.anyio
+async def test_known_series_reads_each_series_once_and_stays_bounded(tmp_path: Path) -> None:
+    """Ids are checked against a bitmap by id: a known one is not read again, an unknown
+    one (below or above every known id) is; past the limit a new map starts with the
+    series of that read, and those are known in it."""
+    db = Database(tmp_path / "known.duckdb")
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    await writer.append([SampleRow(T0, "local", None, None, "src", f"m{i}", "gauge", 1.0)
+                         for i in range(10)])  # fmt: skip
+    await writer.close()
+    cur = db.cursor()
+    ids = sorted(i for (i,) in cur.execute("SELECT id FROM series_keys").fetchall())
+    known = KnownSeries(limit=6)
+    reads: list[str] = []
+    cursor: Any = _Traced(cur, reads)
+    first = known.resolve(cursor, np.array(ids[3:6]))
+    assert sorted(first) == ids[3:6] and len(reads) == 1
+    assert known.resolve(cursor, np.array(ids[4:6])) is first and len(reads) == 1
+    assert known.resolve(cursor, np.array(ids[:2])) is first and len(reads) == 2  # below
+    assert sorted(first) == ids[:2] + ids[3:6]
+    later = known.resolve(cursor, np.array(ids[8:]))  # above, and past the limit
+    assert later is not first and sorted(later) == ids[8:] and len(reads) == 3
+    assert len(first) == 5  # a map handed out is never changed after
+    assert known.resolve(cursor, np.array(ids[8:])) is later and len(reads) == 3
+    assert known.resolve(cursor, np.array(ids[5:8])) is later and len(reads) == 4
+    assert sorted(later) == ids[5:]
+    assert {s.metric for s in later.values()} == {f"m{i}" for i in range(5, 10)}
+    db.close()
+
+
+class _Traced:
+    """A cursor that counts the statements run on it."""
+
+    def __init__(self, cur: Any, reads: list[str]) -> None:
+        self._cur, self._reads = cur, reads
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        self._reads.append(sql)
+        return self._cur.execute(sql, params)

@@ -3,6 +3,7 @@ inside one, across pages and batches longer than a page), each gets exactly the 
 of one private read of its range, while the store is read far fewer times than pages
 are served."""
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -10,16 +11,17 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import duckdb
 import pytest
 
 from ingest.writer import Writer
 from schemas.db import Database
 from schemas.rows import SampleRow
 from schemas.signals import AppendSignal
-from stream.batches import KnownSeries, read_batches
+from stream.batches import KnownSeries, batch_ends, read_batches
 from stream.encode import Filter, Outgoing, encode_batch
 from stream.hub import Client, Hub
-from stream.pages import Page, SharedPages, read_page
+from stream.pages import Page, SharedPages, Told, read_page
 from stream.replay import ReplayGate
 from stream.session import Session, catch_up
 
@@ -45,6 +47,16 @@ async def _store(db: Database, rng: random.Random) -> list[int]:
         ends.append(writer.last_seq)
     await writer.close()
     return ends
+
+
+async def _ten_batches(db: Database, kind: str) -> None:
+    """Ten batches of three rows: seqs 1-30, batches ending at 3, 6, ... 30."""
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    for b in range(10):
+        await writer.append([SampleRow(T0 + timedelta(seconds=b), "local", None, None, "src",
+                                       f"m{i}", kind, float(b)) for i in range(3)])  # fmt: skip
+    await writer.close()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -94,7 +106,7 @@ async def test_clients_sharing_pages_get_what_a_read_of_their_own_gives(
     for i, (after, start, flt) in clients.items():
         want = [m for b in read_batches(cur, after, start) for m in encode_batch(b, flt, hub.epoch)]
         assert got[i] == want, (after, start, flt)
-    assert gate.shared.reads * 2 < gate.shared.served
+    assert gate.shared.reads * 2 < gate.served
     assert gate.replaying == 0 and gate.reading == 0
     db.close()
 
@@ -103,20 +115,15 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     """Ten batches of three rows (seqs 1-30) on a grid of 10: cell 1 holds the batches
     after seq 12 up to seq 21 once the stream is past it; a read failure is not kept."""
     db = Database(tmp_path / "cut.duckdb")
-    writer = Writer(db, AppendSignal())
-    await writer.start()
-    for b in range(10):
-        await writer.append([SampleRow(T0 + timedelta(seconds=b), "local", None, None, "src",
-                                       f"m{i}", "gauge", float(b)) for i in range(3)])  # fmt: skip
-    await writer.close()
+    await _ten_batches(db, "gauge")
     shared = SharedPages(grid=10)
     fail = [True]
 
-    async def read(first: int, last: int, bound: int) -> Page:
+    async def read(first: int, last: int, bound: int, told: Told) -> Page:
         if fail.pop() if fail else False:
             raise OSError("disk went away")
         return await db.read(
-            partial(read_page, first=first, last=last, bound=bound, known=KnownSeries())
+            partial(read_page, first=first, last=last, bound=bound, known=KnownSeries(), told=told)
         )
 
     with pytest.raises(OSError):
@@ -127,7 +134,7 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     assert again is not None and (again.start, again.end, again.ends) == (12, 21, [15, 18, 21])
     assert await shared.page(18, 30, read) is again  # shared
     assert await shared.page(13, 30, read) is None  # inside a batch: served on its own
-    assert shared.reads == 3 and shared.served == 4
+    assert shared.reads == 3
     encoded = await again.encoded(Filter(), "e")
     assert [m.seq for m in again.messages(encoded, 15, 18)] == [18]
     assert await again.encoded(Filter(), "e") is encoded  # once per filter
@@ -147,4 +154,66 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     assert first is not None and first.end == 15
     assert after_it is not None and (after_it.start, after_it.end) == (12, 21)
     assert later.reads == 2
+    db.close()
+
+
+async def test_where_a_page_ends_is_known_before_its_rows_are_read(tmp_path: Path) -> None:
+    """`end` answers as soon as the read has the page's bounds (its first statement),
+    while the rows are still being read; it joins the same read `page` then shares; it
+    will not tell for a page that must be read again, nor for a read that failed."""
+    db = Database(tmp_path / "end.duckdb")
+    await _ten_batches(db, "gauge")
+    shared = SharedPages(grid=10)
+    rows_may_go = asyncio.Event()
+    fail = [False]
+
+    async def read(first: int, last: int, bound: int, told: Told) -> Page:
+        if fail[0]:
+            raise OSError("disk went away")
+
+        def bounds_then_wait(cur: duckdb.DuckDBPyConnection) -> Page:
+            start, end = batch_ends(cur, first, last)
+            told(min(end, bound))
+            return Page(start, min(end, bound), [])
+
+        page = await db.read(bounds_then_wait)
+        await rows_may_go.wait()  # the rows "are still being read"
+        return page
+
+    with anyio.fail_after(10):
+        reading = asyncio.ensure_future(shared.page(12, 30, read))
+        assert await shared.end(12, 30, read) == 21
+        assert not reading.done() and shared.reads == 1  # one read, shared
+        rows_may_go.set()
+        assert (await reading).end == 21  # type: ignore[union-attr]
+        assert await shared.end(15, 30, read) == 21  # known from the page read
+        assert await shared.end(21, 30, read) == 30  # the next cell: a read of its own
+        assert shared.reads == 2
+        cut = await shared.page(30, 33, read)  # the stream is at 33
+        assert cut is not None and cut.end == 33
+        assert await shared.end(33, 33, read) is None  # needs reading again past 33
+        fail[0] = True
+        assert await shared.end(45, 60, read) is None  # failed
+    db.close()
+
+
+async def test_a_client_inside_a_batch_reads_on_from_where_its_own_page_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cursor inside a batch is served from a read of its own, which here ends before
+    the shared page of its cell does (pages of 2 rows, a grid of 10): the read started
+    ahead at that page's end is not used, and no batch in between is skipped."""
+    db = Database(tmp_path / "inside.duckdb")
+    await _ten_batches(db, "counter")
+    monkeypatch.setattr("stream.batches.PAGE_ROWS", 2)
+    hub = Hub("inside", 30)
+    gate = ReplayGate(reads=2, clients=10, shared=SharedPages(grid=10))
+    session = Session(Client(Filter(), 30, 1 << 20), Outgoing("connected", "{}"), 13)
+    with anyio.fail_after(10):
+        got = [m async for page in catch_up(db, hub, session, gate) for m in page]
+    want = [
+        m for b in read_batches(db.cursor(), 13, 30) for m in encode_batch(b, Filter(), "inside")
+    ]
+    assert [m.seq for m in got] == [15, 18, 21, 24, 27, 30]
+    assert got == want
     db.close()
