@@ -9,6 +9,8 @@ read, and each page is encoded once per filter. A client takes the batches after
 cursor and up to its own start in the live tail, so it gets every batch once, and the
 tail goes on from there. The few pages read last are kept for the clients that follow
 (a bounded number, so bounded bytes); a cursor inside a batch is served on its own.
+Where a page ends is known from its read's first statement (`end`), so a client can
+start the next page's read while the rows of this one are still being read.
 """
 
 import asyncio
@@ -117,8 +119,10 @@ class SharedPages:
         knows (before its rows are read), so the next page's read can start meanwhile;
         None where it will not tell (a read that must be done again, or failed)."""
         end_of = self._ends.get(self._task(after, bound, read))
+        if end_of is None:
+            return None
         try:
-            end = await asyncio.shield(end_of) if end_of is not None else 0
+            end = await asyncio.shield(end_of)
         except LookupError:
             return None
         return end if end > after else None
@@ -139,7 +143,9 @@ class SharedPages:
             loop.call_soon_threadsafe(_settle, end, at)
 
         task = asyncio.create_task(read(cell * self._grid, (cell + 1) * self._grid, bound, told))
-        task.add_done_callback(lambda done: self._done(cell, done))
+        task.add_done_callback(lambda done: self._done(cell, done, end))
+        if cell in self._pages:  # a read of it that ended too soon
+            self._forget(cell)
         self._pages[cell] = task
         self._ends[task] = end
         self.reads += 1
@@ -152,10 +158,9 @@ class SharedPages:
     def _forget(self, cell: int) -> None:
         self._ends.pop(self._pages.pop(cell), None)
 
-    def _done(self, cell: int, task: "asyncio.Task[Page]") -> None:
-        end = self._ends.get(task)
+    def _done(self, cell: int, task: "asyncio.Task[Page]", end: "asyncio.Future[int]") -> None:
         failed = task.cancelled() or task.exception() is not None
-        if end is not None and not end.done():
+        if not end.done():
             if failed:
                 end.set_exception(LookupError("the read failed"))
                 end.exception()  # nobody need retrieve it

@@ -108,6 +108,9 @@ async def test_clients_sharing_pages_get_what_a_read_of_their_own_gives(
         assert got[i] == want, (after, start, flt)
     assert gate.shared.reads * 2 < gate.served
     assert gate.replaying == 0 and gate.reading == 0
+    # Nothing kept beyond the pages it keeps (a page read again held on to the one before).
+    assert set(gate.shared._ends) == set(gate.shared._pages.values())
+    assert len(gate.shared._pages) <= 4
     db.close()
 
 
@@ -133,6 +136,8 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     again = await shared.page(15, 30, read)  # a client that joined later: read past 15
     assert again is not None and (again.start, again.end, again.ends) == (12, 21, [15, 18, 21])
     assert await shared.page(18, 30, read) is again  # shared
+    # The cut read is let go (keeping it beside the new one held every cut page for good).
+    assert set(shared._ends) == set(shared._pages.values()) and len(shared._pages) == 1
     assert await shared.page(13, 30, read) is None  # inside a batch: served on its own
     assert shared.reads == 3
     encoded = await again.encoded(Filter(), "e")
