@@ -73,7 +73,6 @@ def test_arrow_buffers_come_from_the_pool_named(name: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-
 # What the server's process does first (`omnimetrics serve` imports the package before
 # anything else), then Arrow's pool and where a kernel's output buffer comes from.
 _POOL = """
