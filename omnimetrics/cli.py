@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from omnimetrics.app import create_app
 from omnimetrics.demo import QuietHttpProtocol, demo_app
+from omnimetrics.gil import share_the_gil
 from omnimetrics.logs import log_config, quietly
 from omnimetrics.memory import limit_malloc_arenas
 from omnimetrics.server import CannotListen, Server, build_server, listen_socket
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None, commit_listeners: Sequence[Listener]
     except ValidationError as exc:
         fail(describe_errors(exc.errors()))
     limit_malloc_arenas(settings.malloc_arenas)  # before the server starts any thread
+    share_the_gil()
     try:
         config = load_config(settings.config)
     except ConfigError as exc:
