@@ -19,8 +19,8 @@ import tracemalloc
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
+import omnimetrics  # noqa: F401  (first: it chooses Arrow's pool before pyarrow is imported)
 from bench.stream import rss_kib
 from omnimetrics.cli import main
 from schemas.db import Database
@@ -45,6 +45,13 @@ def _duckdb_mib() -> float | None:
             finally:
                 cur.close()
     return None
+
+
+def _arrow() -> str:
+    import pyarrow as pa  # after the server's package has chosen the pool
+
+    pool = pa.default_memory_pool()
+    return f"{pool.backend_name} {pool.bytes_allocated() / 2**20:.0f} MiB"
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -92,7 +99,7 @@ def _watch(out: Path) -> None:
         traced, _ = tracemalloc.get_traced_memory()  # 0 when not tracing
         lines = [f"minute {minute:.1f}: RSS {rss_kib(os.getpid()) / 1024:.0f} MiB, Python "
                  f"heap {traced / 2**20:.0f} MiB, DuckDB {_duckdb_mib() or 0:.0f} MiB, "
-                 f"Arrow {pa.total_allocated_bytes() / 2**20:.0f} MiB, {_malloc()}, {_pymalloc()}, "
+                 f"Arrow {_arrow()}, {_malloc()}, {_pymalloc()}, "
                  f"threads {threading.active_count()}"]  # fmt: skip
         if tracemalloc.is_tracing() and minute >= 5:
             snapshot = tracemalloc.take_snapshot().filter_traces(
