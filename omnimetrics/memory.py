@@ -36,6 +36,7 @@ def choose_arrow_pool(environ: MutableMapping[str, str] = os.environ) -> None:
     On pyarrow's default, mimalloc, a 20-minute soak's RSS grew 25% from minute 5 to the
     end, all of it in mimalloc's reserved region while Arrow's count of what it held stayed
     at 1-3 MiB: the freed buffers of stream pages, made in worker threads and dropped on
-    the event loop, were kept. On jemalloc the same soak levelled off (BENCHMARKS.md)."""
+    the event loop, were kept. On jemalloc the same soak grew +6.3%, flat from minute 12
+    (BENCHMARKS.md)."""
     if sys.platform.startswith("linux"):
         environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", ARROW_POOL)
