@@ -1,6 +1,6 @@
 """The server limits glibc's malloc arenas, so memory freed by one thread is reused by
-the others (a long run's RSS grew 20-28% without it), and puts Arrow's buffers on the
-allocator that gave a long run's memory back (omnimetrics/memory.py)."""
+the others (a long run's RSS grew 20-28% without it), and puts Arrow's buffers on
+jemalloc, which gave a long run's freed memory back where mimalloc kept it."""
 
 import subprocess
 import sys
@@ -44,33 +44,6 @@ def test_threads_share_two_malloc_arenas() -> None:
 
 def test_no_limit_is_glibcs_own_choice() -> None:
     assert limit_malloc_arenas(0) is False
-
-
-# In a process of its own (the pool is the process's): the pool named becomes Arrow's, and
-# the buffers made after it (an array, a compute kernel's output) are counted by it alone.
-_POOL = """
-import sys
-import numpy as np, pyarrow as pa, pyarrow.compute as pc
-from omnimetrics.memory import use_arrow_pool
-name = sys.argv[1]
-others = [p for p in ("jemalloc", "mimalloc", "system") if p != name]
-before = {p: getattr(pa, f"{p}_memory_pool")().bytes_allocated() for p in others}
-assert use_arrow_pool(name) == name == pa.default_memory_pool().backend_name
-pool = getattr(pa, f"{name}_memory_pool")()
-held = pool.bytes_allocated()
-texts = pc.strftime(pa.array(np.arange(100_000) * 10**6, pa.timestamp("us")), "%H:%M:%S")
-big = pa.concat_arrays([texts, texts]).take(pa.array(np.arange(0, 200_000, 2)))
-assert pool.bytes_allocated() - held > 1_000_000
-after = {p: getattr(pa, f"{p}_memory_pool")().bytes_allocated() for p in others}
-assert after == before, (before, after)
-"""
-
-
-@pytest.mark.parametrize("name", ["jemalloc", "mimalloc", "system"])
-def test_arrow_buffers_come_from_the_pool_named(name: str) -> None:
-    done = subprocess.run([sys.executable, "-c", _POOL, name], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
-    assert done.returncode == 0, done.stderr
 
 
 # What the server's process does first (`omnimetrics serve` imports the package before
