@@ -67,7 +67,10 @@ def _event(doc: object) -> Event | None:
     if ts is not None:
         if type(ts) is not str or not _RFC3339.fullmatch(ts):
             return None
-        at = datetime.fromisoformat(ts)
+        try:
+            at = datetime.fromisoformat(ts)
+        except ValueError:  # shaped right, but no such time (a leap second, 30 February)
+            return None
         if not EARLIEST <= at < LATEST:
             return None
     return Event(str(source), kind, values, None, tenant, doc.get("tool_id"),

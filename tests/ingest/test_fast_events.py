@@ -69,7 +69,8 @@ NEAR = st.fixed_dictionaries(
         "session_id": st.sampled_from(["s-1", None]),
         "event_id": st.sampled_from(["e-1", None, "é"]),
         "ts": st.sampled_from(["2026-11-20T10:00:00Z", "2026-11-20T10:00:00.123456+02:00",
-                               "1970-01-01T12:00:00Z", None, "2026-11-20T10:00:00.1234567Z"]),
+                               "1970-01-01T12:00:00Z", None, "2026-11-20T10:00:00.1234567Z",
+                               "2026-11-20T23:59:60Z", "2026-02-30T10:00:00Z"]),
     },
 )  # fmt: skip
 

@@ -96,12 +96,14 @@ def test_batch_push_is_one_batch_in_time_order(base: str, post: Push) -> None:
         ({k: v for k, v in event().items() if k != "kind"}, "kind"),
         (event(ts="yesterday"), "ts"),
         (event(ts="2026-11-25T10:00:00"), "ts"),
+        (event(ts="2026-11-20T23:59:60Z"), "ts"),
+        ({"events": [event(), event(ts="2026-02-30T10:00:00Z")]}, "events.1.ts"),
         (event(tenant_id="a b"), "tenant_id"),
         ({"events": []}, "events"),
         ([1, 2], "Input should be"),
     ],
     ids=["bad-kind", "string-value", "bool-value", "no-metrics", "unknown-field", "no-kind",
-         "bad-ts", "naive-ts", "bad-tenant", "empty-batch", "not-an-object"],
+         "bad-ts", "naive-ts", "leap-second", "no-such-day", "bad-tenant", "empty-batch", "not-an-object"],
 )  # fmt: skip
 def test_invalid_push_is_422_naming_the_field_and_stores_nothing(
     base: str, body: Any, names: str, post: Push
