@@ -103,7 +103,8 @@ def test_batch_push_is_one_batch_in_time_order(base: str, post: Push) -> None:
         ([1, 2], "Input should be"),
     ],
     ids=["bad-kind", "string-value", "bool-value", "no-metrics", "unknown-field", "no-kind",
-         "bad-ts", "naive-ts", "leap-second", "no-such-day", "bad-tenant", "empty-batch", "not-an-object"],
+         "bad-ts", "naive-ts", "leap-second", "no-such-day", "bad-tenant", "empty-batch",
+         "not-an-object"],
 )  # fmt: skip
 def test_invalid_push_is_422_naming_the_field_and_stores_nothing(
     base: str, body: Any, names: str, post: Push
