@@ -222,16 +222,24 @@ def current(
     cur: duckdb.DuckDBPyConnection, filters: SampleFilters, now: datetime
 ) -> dict[str, Any]:
     """Each source's latest values of the last day, nested as its upstream sent them,
-    with the status of its last scrape (`healthy`, or `down` with the `error`)."""
+    with the status of its last scrape (`healthy`, or `down` with the `error`). Both are
+    read in one transaction: a tick committed between them would show a source's status
+    without the values its scrape brought."""
     since = now - timedelta(days=1)
     cond, args = where(filters, since)
+    scrape_filters = SampleFilters(tenant_id=filters.tenant_id, tool_id=filters.tool_id)
+    scrape_cond, scrape_args = where(scrape_filters, since)
+    cur.begin()
+    try:
+        values = cur.execute(_CURRENT_VALUES.format(cond=cond), args).fetchall()
+        statuses = cur.execute(_CURRENT_STATUS.format(cond=scrape_cond), scrape_args).fetchall()
+    finally:
+        cur.rollback()  # it only read
     snapshot: dict[str, Any] = {"timestamp": rfc3339(now)}
-    for source, metric, value in cur.execute(_CURRENT_VALUES.format(cond=cond), args).fetchall():
+    for source, metric, value in values:
         if metric not in ("up", "scrape_duration_seconds"):
             put(snapshot.setdefault(source, {"status": "healthy"}), metric, number(value))
-    scrape_filters = SampleFilters(tenant_id=filters.tenant_id, tool_id=filters.tool_id)
-    cond, args = where(scrape_filters, since)
-    for source, up, error in cur.execute(_CURRENT_STATUS.format(cond=cond), args).fetchall():
+    for source, up, error in statuses:
         entry = snapshot.setdefault(source, {})
         entry["status"] = "healthy" if up else "down"
         if not up:

@@ -1,5 +1,7 @@
 """The old service's read routes, through the real server, over pushed and scraped data."""
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -9,8 +11,14 @@ import httpx
 import orjson
 import pytest
 
+from ingest.writer import Writer
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings, SourceConfig
+from query.legacy import current
+from schemas.db import Database
+from schemas.models import SampleFilters
+from schemas.rows import SampleRow, ScrapeRow
+from schemas.signals import AppendSignal
 from schemas.times import rfc3339, utcnow
 from tests.helpers import Reply, Upstream, serve, wait_for
 
@@ -271,3 +279,39 @@ def test_metrics_tool_history_is_the_history_of_that_tool(base: str) -> None:
     assert body == {"tool_id": "cursor", "hours": 24, "history": same["history"],
                     "count": same["count"]}  # fmt: skip
     assert body["count"] > 0 and all(row["tool_id"] == "cursor" for row in body["history"])
+
+
+def test_current_is_one_snapshot_while_ticks_commit(tmp_path: Path) -> None:
+    """Each source's values and its status come from the same moment: while ticks commit,
+    a source is never shown `healthy` without the values its scrape brought."""
+    db = Database(tmp_path / "snap.duckdb")
+    ticks = 0
+
+    async def write(stop: threading.Event) -> None:
+        nonlocal ticks
+        writer = Writer(db, AppendSignal())
+        await writer.start()
+        while not stop.is_set():
+            now = utcnow()
+            source = f"s{ticks}"  # a new source each tick: its values and status arrive together
+            await writer.append(
+                [SampleRow(now, "local", None, None, source, "total", "counter", 1.0)],
+                [ScrapeRow(now, "local", None, source, True, 0.001, None)],
+            )
+            ticks += 1
+        await writer.close()
+
+    stop = threading.Event()
+    thread = threading.Thread(target=asyncio.run, args=(write(stop),))
+    thread.start()
+    try:
+        wait_for(lambda: ticks > 0)
+        for _ in range(300):
+            snapshot = db.read_sync(lambda cur: current(cur, SampleFilters(), utcnow()))
+            shown = {k: v for k, v in snapshot.items() if k != "timestamp"}
+            assert all("total" in v for v in shown.values()), shown
+    finally:
+        stop.set()
+        thread.join()
+        db.close()
+    assert ticks > 10
