@@ -1,10 +1,8 @@
 """The composition root: settings, the app factory and its lifespan, the CLI."""
 
-from omnimetrics.memory import choose_arrow_pool
+# Settings first: it gives Arrow its memory pool before anything imports pyarrow.
+from omnimetrics.settings import Settings  # isort: skip
 
-choose_arrow_pool()  # before anything imports pyarrow
-
-from omnimetrics.app import create_app  # noqa: E402
-from omnimetrics.settings import Settings  # noqa: E402
+from omnimetrics.app import create_app
 
 __all__ = ["Settings", "create_app"]
