@@ -2,13 +2,13 @@
 `python -m bench.tracemem OUT [--no-heap] serve ...` (the soak's `--trace OUT` runs its
 server so; `--no-heap` leaves tracemalloc off: its snapshots stall the process a while).
 
-Every minute it appends to OUT the process's RSS, what the Python heap holds (traced),
-what DuckDB's buffer manager holds (`duckdb_memory()`), Arrow's pool, glibc's malloc
-(in use, and free but kept in its arenas) and Python's pymalloc arenas, and from minute 5
-on the places whose traced memory grew most since minute 5 (file and line, 4 frames)."""
+Every minute it appends to OUT the process's RSS (and by kind of mapping), what the
+Python heap holds (traced), what DuckDB's buffer manager holds (`duckdb_memory()`), Arrow's
+pool, glibc's malloc (in use, and free but kept in its arenas) and Python's pymalloc
+arenas, and from minute 5 on the places whose traced memory grew most since minute 5
+(file and line, 4 frames; then summed by file and by line)."""
 
 import ctypes
-import gc
 import os
 import re
 import sys
@@ -16,7 +16,9 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import weakref
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -29,22 +31,59 @@ FRAMES = 4
 TOP = 15
 
 
-def _duckdb_mib() -> float | None:
-    """What the server's database's buffer manager holds (the CLI's start-up check opens
-    and closes another Database first: a closed one is skipped)."""
-    for obj in gc.get_objects():
-        if isinstance(obj, Database):
-            try:
-                cur = obj.cursor()
-            except duckdb.Error:
-                continue  # closed
-            try:
-                (used,) = cur.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()"
-                                      ).fetchall()[0]  # fmt: skip
-                return float(used) / 2**20
-            finally:
-                cur.close()
-    return None
+_OPENED: "weakref.WeakSet[Database]" = weakref.WeakSet()  # every Database this process opens
+_open = Database.__init__
+
+
+def _opening(self: Database, *args: Any, **kwargs: Any) -> None:
+    _open(self, *args, **kwargs)
+    _OPENED.add(self)
+
+
+Database.__init__ = _opening  # type: ignore[method-assign]  # (the app freezes its objects
+# out of the collector's sight after start-up, so `gc.get_objects` does not find it)
+
+
+_HELD = """SELECT tag, memory_usage_bytes FROM duckdb_memory() WHERE memory_usage_bytes > 0
+ORDER BY 2 DESC"""
+_SIZE = "SELECT memory_usage, wal_size FROM pragma_database_size()"
+
+
+def _duckdb() -> str:
+    """What the server's database's buffer manager holds, by tag (the CLI's start-up check
+    opens and closes another Database first: a closed one is skipped)."""
+    for db in list(_OPENED):
+        try:
+            cur = db.cursor()
+        except duckdb.Error:
+            continue  # closed
+        try:
+            tags = cur.execute(_HELD).fetchall()
+            size, wal = cur.execute(_SIZE).fetchall()[0]
+        finally:
+            cur.close()
+        held = sum(b for _, b in tags) / 2**20
+        parts = ", ".join(f"{tag} {b / 2**20:.0f}" for tag, b in tags)
+        return f"DuckDB {held:.0f} MiB ({parts}; memory_usage {size}, WAL {wal})"
+    return "DuckDB ?"
+
+
+def _maps() -> str:
+    """RSS by kind of mapping: glibc's main heap, anonymous maps (other arenas, jemalloc's,
+    mimalloc's, thread stacks), files (libraries, DuckDB's file is read, not mapped)."""
+    rss = {"heap": 0, "anonymous": 0, "files": 0}
+    kind = "anonymous"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=6)
+            if "-" in first[0] and len(first) >= 5:  # a mapping's header line
+                name = first[5].strip() if len(first) > 5 else ""
+                kind = (
+                    "heap" if name == "[heap]" else "files" if name.startswith("/") else "anonymous"
+                )
+            elif first[0] == "Rss:":
+                rss[kind] += int(first[1])
+    return ", ".join(f"{k} {v / 1024:.0f}" for k, v in rss.items())
 
 
 def _arrow() -> str:
@@ -97,8 +136,8 @@ def _watch(out: Path) -> None:
         time.sleep(60)
         minute = (time.monotonic() - started) / 60
         traced, _ = tracemalloc.get_traced_memory()  # 0 when not tracing
-        lines = [f"minute {minute:.1f}: RSS {rss_kib(os.getpid()) / 1024:.0f} MiB, Python "
-                 f"heap {traced / 2**20:.0f} MiB, DuckDB {_duckdb_mib() or 0:.0f} MiB, "
+        lines = [f"minute {minute:.1f}: RSS {rss_kib(os.getpid()) / 1024:.0f} MiB "
+                 f"({_maps()}), Python heap {traced / 2**20:.0f} MiB, {_duckdb()}, "
                  f"Arrow {_arrow()}, {_malloc()}, {_pymalloc()}, "
                  f"threads {threading.active_count()}"]  # fmt: skip
         if tracemalloc.is_tracing() and minute >= 5:
@@ -111,6 +150,14 @@ def _watch(out: Path) -> None:
                 where = " <- ".join(f"{f.filename.split('/site-packages/')[-1]}:{f.lineno}"
                                     for f in stat.traceback)  # fmt: skip
                 lines.append(f"  {stat.size_diff / 2**20:+.2f} MiB ({stat.count_diff:+,}) {where}")
+            for key in ("filename", "lineno"):  # the same, summed by file and by line
+                lines.append(f"  by {key}:")
+                for stat in snapshot.compare_to(base, key)[:TOP]:
+                    frame = stat.traceback[0]
+                    where = frame.filename.split("/site-packages/")[-1]
+                    where += f":{frame.lineno}" if key == "lineno" else ""
+                    lines.append(f"    {stat.size_diff / 2**20:+.2f} MiB "
+                                 f"({stat.count_diff:+,}) {where}")  # fmt: skip
         with out.open("a") as f:
             f.write("\n".join(lines) + "\n")
 
