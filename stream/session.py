@@ -116,7 +116,15 @@ async def catch_up(
     async def read(first: int, last: int, bound: int, told: Told) -> Page:
         async with gate.read():
             return await db.read(
-                partial(read_page, first=first, last=last, bound=bound, known=known, told=told)
+                partial(
+                    read_page,
+                    first=first,
+                    last=last,
+                    bound=bound,
+                    known=known,
+                    told=told,
+                    ends=gate.shared.ends,
+                )
             )
 
     async def read_at(after: int) -> Page:

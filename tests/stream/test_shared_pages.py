@@ -21,7 +21,7 @@ from schemas.signals import AppendSignal
 from stream.batches import KnownSeries, batch_ends, read_batches
 from stream.encode import Filter, Outgoing, encode_batch
 from stream.hub import Client, Hub
-from stream.pages import Page, SharedPages, Told, read_page
+from stream.pages import GridEnds, Page, SharedPages, Told, read_page
 from stream.replay import ReplayGate
 from stream.session import Session, catch_up
 
@@ -125,9 +125,8 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     async def read(first: int, last: int, bound: int, told: Told) -> Page:
         if fail.pop() if fail else False:
             raise OSError("disk went away")
-        return await db.read(
-            partial(read_page, first=first, last=last, bound=bound, known=KnownSeries(), told=told)
-        )
+        return await db.read(partial(read_page, first=first, last=last, bound=bound,
+                                     known=KnownSeries(), told=told, ends=shared.ends))  # fmt: skip
 
     with pytest.raises(OSError):
         await shared.page(12, 15, read)
@@ -159,6 +158,26 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     assert first is not None and first.end == 15
     assert after_it is not None and (after_it.start, after_it.end) == (12, 21)
     assert later.reads == 2
+    db.close()
+
+
+async def test_grid_ends_keep_only_what_committed_batches_say(tmp_path: Path) -> None:
+    """A grid point's batch end is kept once the stream is past it (its batch committed,
+    so it never changes); one past the stream is looked up again, and found once its
+    batch is stored; the oldest are let go beyond the limit."""
+    db = Database(tmp_path / "ends.duckdb")
+    await _ten_batches(db, "gauge")
+    cur = db.cursor()
+    ends = GridEnds(limit=3)
+    assert ends.of(cur, 15, 12, 20) == [12, 21]  # 20 is in the batch 19-21
+    assert list(ends._ends) == [12]  # 20 is past the stream (at 15): not kept
+    assert ends.of(cur, 30, 20, 32) == [21, 32]  # nothing holds 32 yet
+    assert list(ends._ends) == [12, 20]
+    await _ten_batches(db, "gauge")  # seqs 31-60
+    assert ends.of(cur, 60, 32, 40) == [33, 42]  # 32 in the batch 31-33
+    assert list(ends._ends) == [20, 32, 40]  # at most 3: the oldest let go
+    assert ends.of(cur, 60, 12) == [12]  # looked up again
+    cur.close()
     db.close()
 
 
