@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from query.sql import series_where
-from schemas.db import arrow
+from schemas.db import arrow, arrow_with_ids
 from schemas.deltas import CUMULATIVE, same_as_previous, with_deltas
 from schemas.models import GROUP_LABELS, SampleFilters
 from schemas.rollups import DAYS, HOURS, KEEP_ALL, MINUTES, Kept, Tier, kept, marks
@@ -47,7 +47,7 @@ _ROWS = "SELECT ts, seq, series_id, kind, value FROM points WHERE ts >= $a AND t
 # The last sample before `before` of each series given (as the macro's `older` part).
 _OLDER = """
 SELECT ts, seq, series_id, kind, value FROM points
-WHERE series_id IN (SELECT unnest($ids)) AND ts < $before
+WHERE series_id IN (SELECT id FROM given_ids) AND ts < $before
 QUALIFY row_number() OVER (PARTITION BY series_id ORDER BY ts DESC, seq DESC) = 1
 """
 
@@ -230,8 +230,8 @@ def raw_deltas(
     counter = pc.is_in(table.column("kind"), pa.array(CUMULATIVE)).to_numpy()
     orphans = table.filter(pa.array(~follows & inside & counter))
     if orphans.num_rows:
-        ids = pc.unique(orphans.column("series_id")).to_pylist()
-        older = arrow(cur, _OLDER, {"ids": ids, "before": since})
+        ids = pc.unique(orphans.column("series_id"))
+        older = arrow_with_ids(cur, _OLDER, {"before": since}, ids)
         table, _ = with_deltas(pa.concat_tables([rows, older]))
         inside = pc.greater_equal(table.column("ts"), pa.scalar(start)).to_numpy()
     return table.filter(pa.array(inside & table.column("delta").is_valid().to_numpy()))

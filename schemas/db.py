@@ -27,6 +27,20 @@ def arrow(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> p
     return cur.execute(sql, params).to_arrow_table()
 
 
+def arrow_with_ids(
+    cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], ids: Any
+) -> pa.Table:
+    """`arrow`, for a statement that reads `ids` (integers: a list, NumPy or Arrow array)
+    as the table `given_ids` (column `id`), registered as Arrow: a list parameter of 20,000
+    ids costs 11 ms to bind and unnest; this, 1.3 (0.7 more than a list of a few ids)."""
+    column = ids.cast(pa.int64()) if isinstance(ids, pa.Array) else pa.array(ids, pa.int64())
+    cur.register("given_ids", pa.table({"id": column}))
+    try:
+        return arrow(cur, sql, params)
+    finally:
+        cur.unregister("given_ids")
+
+
 def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply, in order, every migration not yet recorded; return the names applied."""
     con.execute(

@@ -68,9 +68,7 @@ def _in_series_order(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """The order of `rows` by series, `ts` and `seq`, and in that order each row's delta,
     whether it has one, and whether a row of its series comes before it. Only the sort
     keys are sorted as a table; the rest is taken in that order as NumPy arrays."""
-    names = [*SERIES_COLUMNS, "ts", "seq"]
-    keys = [(name, "ascending") for name in names]
-    order = pc.sort_indices(rows.select(names), sort_keys=keys).to_numpy()
+    order = _series_order(rows)
     n = len(order)
     value = rows.column("value").to_numpy()[order]
     prev = np.roll(value, 1)
@@ -88,3 +86,20 @@ def _in_series_order(rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray
         rise = np.where(value >= prev, value - prev, value)
     delta = np.where(own, value, rise)
     return order, delta, own | counted, follows
+
+
+def _series_order(rows: pa.Table) -> np.ndarray:
+    """The order of `rows` by series, `ts` and `seq`: where they already are in (ts, seq)
+    order (a page of ticks after the ticks before it), a stable sort by series alone
+    (half the time of the three keys)."""
+    names = [*SERIES_COLUMNS, "ts", "seq"]
+    if rows.num_rows > 1 and not any(rows.column(name).null_count for name in names):
+        ts = pc.cast(rows.column("ts"), pa.int64()).to_numpy()
+        seq = rows.column("seq").to_numpy()
+        later, same = np.diff(ts), np.diff(seq)
+        if ((later > 0) | ((later == 0) & (same > 0))).all():
+            return pc.sort_indices(rows.select(list(SERIES_COLUMNS)),
+                                   sort_keys=[(n, "ascending") for n in SERIES_COLUMNS]
+                                   ).to_numpy()  # fmt: skip
+    keys = [(name, "ascending") for name in names]
+    return pc.sort_indices(rows.select(names), sort_keys=keys).to_numpy()

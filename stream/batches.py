@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.db import arrow
+from schemas.db import arrow, arrow_with_ids
 from schemas.deltas import CUMULATIVE, deltas_of
 from schemas.labels import Labels
 
@@ -152,7 +152,7 @@ class Batch(NamedTuple):
 MAX_SERIES = 200_000
 _SERIES = """
 SELECT id, tenant_id, tool_id, session_id, source, name, labels FROM series_keys
-WHERE id IN (SELECT unnest($ids))
+WHERE id IN (SELECT id FROM given_ids)
 """
 
 
@@ -174,8 +174,9 @@ class KnownSeries:
         known[inside] = held[ids[inside]]
         if known.all():
             return info
-        missing = ids[~known].tolist()
-        columns = [c.to_pylist() for c in arrow(cur, _SERIES, {"ids": missing}).columns]
+        missing = ids[~known]
+        table = arrow_with_ids(cur, _SERIES, {}, missing)
+        columns = [c.to_pylist() for c in table.columns]
         found = {  # by column: half the time of `fetchall` (its labels come as dicts)
             i: Series(tenant, tool, session, source, name, labels_of(labels))
             for i, tenant, tool, session, source, name, labels in zip(*columns, strict=True)
@@ -241,11 +242,14 @@ def read_batches(
         return []
     span = pc.min_max(page.column("ts"))
     lo, hi = span["min"].as_py(), span["max"].as_py()
-    bounds = {"lo": lo, "hi": hi, "after": after, "upto": upto}
-    (crossing,) = cur.execute(_CROSSING, bounds).fetchall()[0]
+    bounds = {"lo": lo, "hi": hi, "after": after, "upto": upto, "n": page.num_rows}
+    crossing, previous = cur.execute(_AROUND, bounds).fetchall()[0]
     if crossing:
         return _read_through_macro(cur, after, upto, lo, hi, known)
-    return with_deltas_in(cur, page, _samples_before(cur, page, lo, after), known)
+    # The first window reaches back to the earliest of the as many rows stored just before
+    # the page (a page of one tick: the tick before it), at most WINDOWS[0].
+    since = lo - WINDOWS[0] if previous is None else max(previous, lo - WINDOWS[0])
+    return with_deltas_in(cur, page, _samples_before(cur, page, lo, after, since), known)
 
 
 def _in_seq_order(rows: pa.Table) -> pa.Table:
@@ -261,9 +265,10 @@ def with_deltas_in(
     """`page`'s rows (a range of seqs, in order) as batches, each row with its delta
     against the row before it in its series by (ts, seq): in `page`, or else in `before`
     (rows outside the range that hold each series' sample just before the page)."""
-    delta, has = deltas_of(pa.concat_tables([page, before]))
-    n = page.num_rows
-    return _batches_of(cur, page, np.where(has[:n], delta[:n], 0.0), has[:n], known)
+    # `before` first: both are then in (ts, seq) order where each is (the quicker sort).
+    delta, has = deltas_of(pa.concat_tables([before, page.select(before.schema.names)]))
+    m = before.num_rows
+    return _batches_of(cur, page, np.where(has[m:], delta[m:], 0.0), has[m:], known)
 
 
 # In the order rows were stored, which is seq order (`_in_seq_order` checks; ORDER BY
@@ -275,46 +280,54 @@ WHERE seq > $after AND seq <= $upto
 # Rows outside the range that a row of the range could follow in time (those at the
 # range's first time with a smaller seq come before all of it, at its last with a larger
 # seq after all of it: neither is in the way).
-_CROSSING = """
-SELECT count(*) FROM points
-WHERE ts >= $lo AND ts <= $hi AND (seq <= $after OR seq > $upto)
-  AND NOT (ts = $lo AND seq <= $after) AND NOT (ts = $hi AND seq > $upto)
+# Also the earliest time of the `n` rows stored just before the range.
+_AROUND = """
+SELECT
+  (SELECT count(*) FROM points
+   WHERE ts >= $lo AND ts <= $hi AND (seq <= $after OR seq > $upto)
+     AND NOT (ts = $lo AND seq <= $after) AND NOT (ts = $hi AND seq > $upto)),
+  (SELECT min(ts) FROM points WHERE seq > $after - $n AND seq <= $after)
 """
+# What a delta needs of the rows before a page (not their batch).
 _RECENT = """
-SELECT seq, batch, ts, series_id, kind, value FROM points
+SELECT seq, ts, series_id, kind, value FROM points
 WHERE ts >= $since AND (ts < $lo OR (ts = $lo AND seq <= $after))
 """
 _BEFORE = """
-SELECT unnest(arg_max({'seq': seq, 'batch': batch, 'ts': ts, 'series_id': series_id,
-                       'kind': kind, 'value': value}, (ts, seq)))
+SELECT unnest(arg_max({'seq': seq, 'ts': ts, 'series_id': series_id, 'kind': kind,
+                       'value': value}, (ts, seq)))
 FROM points
-WHERE series_id IN (SELECT unnest($ids)) AND ts >= $since
+WHERE series_id IN (SELECT id FROM given_ids) AND ts >= $since
   AND (ts < $lo OR (ts = $lo AND seq <= $after))
 GROUP BY series_id
 """
+_BEFORE_COLUMNS = ("seq", "ts", "series_id", "kind", "value")
 WINDOWS = (timedelta(seconds=2), timedelta(seconds=30), timedelta(minutes=10), timedelta(days=1))
 _EVER = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def _samples_before(
-    cur: duckdb.DuckDBPyConnection, page: pa.Table, lo: datetime, after: int
+    cur: duckdb.DuckDBPyConnection, page: pa.Table, lo: datetime, after: int, since: datetime
 ) -> pa.Table:
-    """Samples before `page` that hold, for each of its series a delta looks back in
-    (counters), the one just before it: every sample of the first window (the rows of a
-    few ticks), then each still missing series' last one in wider windows."""
-    bounds = {"since": lo - WINDOWS[0], "lo": lo, "after": after}
-    found = [arrow(cur, _RECENT, bounds).cast(page.schema)]
+    """Samples before `page` (`seq`, `ts`, `series_id`, `kind`, `value`) that hold, for
+    each of its series a delta looks back in (counters), the one just before it: every
+    sample from `since` (the rows of a tick or a few), then each still missing series'
+    last one in the WINDOWS wider than `lo - since`."""
+    schema = pa.schema([page.schema.field(name) for name in _BEFORE_COLUMNS])
+    bounds = {"since": since, "lo": lo, "after": after}
+    found = [arrow(cur, _RECENT, bounds).cast(schema)]
     counted = pc.is_in(page.column("kind"), pa.array(CUMULATIVE))
     wanted = pc.unique(pc.filter(page.column("series_id"), counted))
     missing = pc.filter(wanted, pc.invert(pc.is_in(wanted, found[0].column("series_id"))))
     ids = missing.to_pylist()
-    for window in (*WINDOWS[1:], None):
+    for window in (*(w for w in WINDOWS if lo - w < since), None):
         if not ids:
             break
         since = lo - window if window is not None else _EVER
-        table = arrow(cur, _BEFORE, {"ids": ids, "since": since, "lo": lo, "after": after})
+        bounds = {"since": since, "lo": lo, "after": after}
+        table = arrow_with_ids(cur, _BEFORE, bounds, ids)
         if table.num_rows:
-            found.append(table.select(page.schema.names).cast(page.schema))
+            found.append(table.cast(schema))
             have = set(table.column("series_id").to_pylist())
             ids = [s for s in ids if s not in have]
     return pa.concat_tables(found)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.db import arrow
+from schemas.db import arrow, arrow_with_ids
 from stream.batches import Batch, KnownSeries, read_batches, with_deltas_in
 
 SeriesKey = int  # series_id
@@ -33,7 +33,7 @@ WHERE seq > $after AND seq <= $upto ORDER BY seq
 """
 _LAST_OF = """
 SELECT series_id, epoch_us(ts), seq, value FROM points
-WHERE series_id IN (SELECT unnest($ids)) AND seq <= $after
+WHERE series_id IN (SELECT id FROM given_ids) AND seq <= $after
 QUALIFY row_number() OVER (PARTITION BY series_id ORDER BY ts DESC, seq DESC) = 1
 """
 
@@ -67,8 +67,9 @@ class SeriesCache:
 def _look_up(
     cur: duckdb.DuckDBPyConnection, keys: list[SeriesKey], after: int
 ) -> dict[SeriesKey, Last]:
-    found = cur.execute(_LAST_OF, {"ids": keys, "after": after}).fetchall()
-    return {r[0]: Last(r[1], r[2], r[3]) for r in found}
+    found = arrow_with_ids(cur, _LAST_OF, {"after": after}, keys)
+    ids, ts, seqs, values = (c.to_pylist() for c in found.columns)
+    return {i: Last(*r) for i, *r in zip(ids, ts, seqs, values, strict=True)}
 
 
 def read_live(

@@ -163,6 +163,12 @@ async def test_catch_up_rows_read_as_arrow_are_the_rows_fetchall_gives(tmp_path:
     cuts=[1, 2],
     shuffle=random.Random(0),
 )
+@example(  # the rows just before the range are newer than one series' sample before it
+    batches=[[(0, "counter", 1, 0)], [(1, "counter", 1, 1)], [(0, "counter", 5, 0)]],
+    gaps=[0] * 20,
+    cuts=[2, 3],
+    shuffle=random.Random(0),
+)
 def test_catch_up_deltas_equal_the_view_for_any_range(
     batches: list[list[tuple[int, str, int, int]]],
     gaps: list[int],
@@ -238,3 +244,6 @@ class _Traced:
     def execute(self, sql: str, params: Any = None) -> Any:
         self._reads.append(sql)
         return self._cur.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:  # register, unregister: not statements
+        return getattr(self._cur, name)
