@@ -94,12 +94,10 @@ def _series_order(rows: pa.Table) -> np.ndarray:
     (half the time of the three keys)."""
     names = [*SERIES_COLUMNS, "ts", "seq"]
     if rows.num_rows > 1 and not any(rows.column(name).null_count for name in names):
-        ts = pc.cast(rows.column("ts"), pa.int64()).to_numpy()
-        seq = rows.column("seq").to_numpy()
-        later, same = np.diff(ts), np.diff(seq)
-        if ((later > 0) | ((later == 0) & (same > 0))).all():
-            return pc.sort_indices(rows.select(list(SERIES_COLUMNS)),
-                                   sort_keys=[(n, "ascending") for n in SERIES_COLUMNS]
-                                   ).to_numpy()  # fmt: skip
+        dts = np.diff(pc.cast(rows.column("ts"), pa.int64()).to_numpy())
+        dseq = np.diff(rows.column("seq").to_numpy())
+        if ((dts > 0) | ((dts == 0) & (dseq > 0))).all():
+            names = list(SERIES_COLUMNS)
     keys = [(name, "ascending") for name in names]
-    return pc.sort_indices(rows.select(names), sort_keys=keys).to_numpy()
+    order: np.ndarray = pc.sort_indices(rows.select(names), sort_keys=keys).to_numpy()
+    return order

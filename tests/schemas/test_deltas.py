@@ -1,5 +1,6 @@
 """The `sample_deltas` view defines the truth; the windowed macro must agree exactly."""
 
+import random
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.db import Database
+from schemas.deltas import deltas_of, sample_delta
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COLUMNS = ["seq", "batch", "ts", "tenant_id", "tool_id", "session_id", "source", "metric",
@@ -164,3 +166,37 @@ def test_window_macro_agrees_exactly_with_the_view(
             assert macro == view
         finally:
             db.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    points=st.lists(
+        st.tuples(st.integers(0, 4), st.sampled_from(["counter", "gauge", "delta", "untyped"]),
+                  st.integers(0, 50), st.sampled_from([0, 0, 1, 7, -3])),
+        min_size=1, max_size=60),
+    shuffle=st.randoms(use_true_random=False),
+)  # fmt: skip
+def test_python_deltas_in_any_row_order_follow_the_rule(
+    points: list[tuple[int, str, int, int]], shuffle: random.Random
+) -> None:
+    """`deltas_of` gives each row `sample_delta` against the row before it in its series
+    by (ts, seq), whether its rows come in time order (sorted by series alone) or not."""
+    ts, rows = 0, []
+    for seq, (series, kind, value, step) in enumerate(points, start=1):
+        ts += step
+        rows.append((seq, ts, series, kind, float(value)))
+    want: dict[int, float | None] = {}
+    last: dict[int, float] = {}
+    for seq, _, series, kind, value in sorted(rows, key=lambda r: (r[2], r[1], r[0])):
+        want[seq] = sample_delta(kind, value, last.get(series))
+        last[series] = value
+    for order in (rows, shuffle.sample(rows, len(rows))):
+        seqs, times, ids, kinds, values = zip(*order, strict=True)
+        table = pa.table({
+            "seq": pa.array(seqs, pa.int64()), "series_id": pa.array(ids, pa.int64()),
+            "ts": pa.array([T0 + timedelta(seconds=t) for t in times], pa.timestamp("us", "UTC")),
+            "kind": pa.array(kinds, pa.string()), "value": pa.array(values, pa.float64()),
+        })  # fmt: skip
+        delta, has = deltas_of(table)
+        got = {s: float(d) if h else None for s, d, h in zip(seqs, delta, has, strict=True)}
+        assert got == want
