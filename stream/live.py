@@ -40,12 +40,13 @@ QUALIFY row_number() OVER (PARTITION BY series_id ORDER BY ts DESC, seq DESC) = 
 
 class SeriesCache:
     """The latest sample of recently seen series; `None` records "has no earlier sample".
-    It also keeps the series' strings (`known`), read once per series."""
+    It also holds the series' strings (`known`: read once per series, and shared with the
+    catch-ups of the same database when given theirs, `known_series`)."""
 
-    def __init__(self, max_series: int = MAX_SERIES) -> None:
+    def __init__(self, max_series: int = MAX_SERIES, known: KnownSeries | None = None) -> None:
         self._last: OrderedDict[SeriesKey, Last | None] = OrderedDict()
         self._max = max_series
-        self.known = KnownSeries()
+        self.known = known if known is not None else KnownSeries()
 
     def __contains__(self, key: SeriesKey) -> bool:
         return key in self._last

@@ -8,6 +8,7 @@ from functools import partial
 
 from schemas.db import Database
 from schemas.signals import Appended
+from stream.batches import known_series
 from stream.hub import Hub
 from stream.live import SeriesCache, read_live
 
@@ -23,7 +24,7 @@ class Tail:
         self._target = hub.position
         self._committed_at: float | None = None  # the oldest commit not yet dispatched
         self._wake = asyncio.Event()
-        self._cache = SeriesCache()
+        self._cache = SeriesCache(known=known_series(hub.epoch))
 
     def notify(self, appended: Appended) -> None:
         """The writer's listener: never blocks, just records how far there is to read."""
@@ -48,7 +49,7 @@ class Tail:
                 # after `upto` (and catches up from the database if it resumes). What the
                 # cache knows of each series' last sample is now old: forget it.
                 self._hub.position = upto
-                self._cache = SeriesCache()
+                self._cache = SeriesCache(known=self._cache.known)
                 continue
             try:
                 batches = await self._db.read(

@@ -199,3 +199,17 @@ class Push:
         raw = orjson.dumps(body) + (b" " * BULK_BYTES if self.large else b"")
         headers = {"content-type": "application/json", **kwargs.pop("headers", {})}
         return httpx.post(url, content=raw, headers=headers, **kwargs)
+
+
+class Traced:
+    """A cursor that counts the statements run on it."""
+
+    def __init__(self, cur: Any, reads: list[str]) -> None:
+        self._cur, self._reads = cur, reads
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        self._reads.append(sql)
+        return self._cur.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:  # register, unregister: not statements
+        return getattr(self._cur, name)

@@ -19,6 +19,7 @@ from schemas.rows import SampleRow
 from schemas.signals import AppendSignal
 from stream.batches import LOOKBACK, KnownSeries, Row, labels_of, read_batches
 from stream.live import SeriesCache, read_live
+from tests.helpers import Traced
 from tests.schemas.test_deltas import insert
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -219,7 +220,7 @@ async def test_known_series_reads_each_series_once_and_stays_bounded(tmp_path: P
     ids = sorted(i for (i,) in cur.execute("SELECT id FROM series_keys").fetchall())
     known = KnownSeries(limit=6)
     reads: list[str] = []
-    cursor: Any = _Traced(cur, reads)
+    cursor: Any = Traced(cur, reads)
     first = known.resolve(cursor, np.array(ids[3:6]))
     assert sorted(first) == ids[3:6] and len(reads) == 1
     assert known.resolve(cursor, np.array(ids[4:6])) is first and len(reads) == 1
@@ -233,17 +234,3 @@ async def test_known_series_reads_each_series_once_and_stays_bounded(tmp_path: P
     assert sorted(later) == ids[5:]
     assert {s.metric for s in later.values()} == {f"m{i}" for i in range(5, 10)}
     db.close()
-
-
-class _Traced:
-    """A cursor that counts the statements run on it."""
-
-    def __init__(self, cur: Any, reads: list[str]) -> None:
-        self._cur, self._reads = cur, reads
-
-    def execute(self, sql: str, params: Any = None) -> Any:
-        self._reads.append(sql)
-        return self._cur.execute(sql, params)
-
-    def __getattr__(self, name: str) -> Any:  # register, unregister: not statements
-        return getattr(self._cur, name)

@@ -5,6 +5,7 @@ are served."""
 
 import asyncio
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -12,18 +13,21 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import duckdb
+import numpy as np
 import pytest
 
 from ingest.writer import Writer
 from schemas.db import Database
 from schemas.rows import SampleRow
-from schemas.signals import AppendSignal
-from stream.batches import KnownSeries, batch_ends, read_batches
+from schemas.signals import Appended, AppendSignal
+from stream.batches import KnownSeries, batch_ends, known_series, read_batches
 from stream.encode import Filter, Outgoing, encode_batch
 from stream.hub import Client, Hub
 from stream.pages import GridEnds, Page, SharedPages, Told, read_page
 from stream.replay import ReplayGate
 from stream.session import Session, catch_up
+from stream.tail import Tail
+from tests.helpers import Traced
 
 pytestmark = pytest.mark.anyio
 
@@ -240,4 +244,28 @@ async def test_a_client_inside_a_batch_reads_on_from_where_its_own_page_ended(
     ]
     assert [m.seq for m in got] == [15, 18, 21, 24, 27, 30]
     assert got == want
+    db.close()
+
+
+async def test_series_the_live_tail_read_are_known_to_catch_ups(tmp_path: Path) -> None:
+    """The live tail and the catch-ups of one database hold one map of series strings, so
+    a client resuming on a running server does not read them again."""
+    db = Database(tmp_path / "tail.duckdb")
+    await _ten_batches(db, "counter")
+    hub = Hub("tail-known", 0)
+    client = hub.add(Filter())
+    tail = Tail(db, hub)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(tail.run)
+        tail.notify(Appended(10, 28, 30, T0, frozenset({"local"}), time.time()))
+        with anyio.fail_after(10):
+            message = await client.next()
+        assert message is not None and message.seq == 3  # the first of the ten it read
+        tasks.cancel_scope.cancel()
+    cur = db.cursor()
+    ids = np.array(sorted(i for (i,) in cur.execute("SELECT id FROM series_keys").fetchall()))
+    reads: list[str] = []
+    assert sorted(known_series("tail-known").resolve(Traced(cur, reads), ids)) == ids.tolist()
+    assert reads == []  # already known: no statement
+    cur.close()
     db.close()
