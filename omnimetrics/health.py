@@ -89,6 +89,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 "catch_up_reads": replay.reading,
                 "catch_up_pages": replay.pages,  # read from the database
                 "catch_up_pages_served": replay.served,  # to clients, shared or not
+                "catch_up_kept_bytes": replay.shared.kept_bytes,  # pages kept for others
                 "catch_up_refused": replay.refused,
             },
             "jobs": {name: outcome.report() for name, outcome in outcomes.items()},

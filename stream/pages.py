@@ -7,8 +7,9 @@ falls in a page takes that page: the first to ask starts its read (a task of its
 a client that leaves does not cancel it for the others), the others wait for the same
 read, and each page is encoded once per filter. A client takes the batches after its
 cursor and up to its own start in the live tail, so it gets every batch once, and the
-tail goes on from there. The few pages read last are kept for the clients that follow
-(a bounded number, so bounded bytes); a cursor inside a batch is served on its own.
+tail goes on from there. The few pages used last are kept for the clients that follow,
+with their messages (bounded in number and in bytes: the pages of a long run's past
+filled a count of eight, tens of MiB); a cursor inside a batch is served on its own.
 Where a page ends is known from its read's first statement (`end`), so a client can
 start the next page's read while the rows of this one are still being read.
 """
@@ -28,8 +29,11 @@ from stream.batches import PAGE_ROWS, Batch, KnownSeries, batch_ends, read_batch
 from stream.encode import Filter, Outgoing, encode_batches
 
 KEEP_PAGES = 8
+KEEP_BYTES = 8 * 2**20  # what the pages kept hold at most, about (rows and messages)
 KEEP_ENDS = 4_096  # grid points' batch ends
 ENCODED_FILTERS = 32  # filters whose messages a page keeps; others are encoded per client
+# What a page's parts hold beyond their text, about (columns, tuples, str headers).
+ROW_BYTES, BATCH_BYTES, MESSAGE_BYTES = 64, 200, 120
 
 
 @dataclass
@@ -38,10 +42,14 @@ class Page:
     end: int  # up to and including this one
     batches: list[Batch]
     ends: list[int] = field(init=False)  # each batch's last seq
+    size: int = field(init=False)  # bytes it holds, about: its rows and the messages it keeps
+    grew: Callable[[], None] | None = field(init=False, default=None)  # told when it keeps more
     _encoded: dict[Filter, "asyncio.Task[Encoded]"] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ends = [batch.last_seq for batch in self.batches]
+        rows = sum(batch.hi - batch.lo for batch in self.batches)
+        self.size = rows * ROW_BYTES + len(self.batches) * BATCH_BYTES
 
     def serves(self, after: int) -> bool:
         """Whether the batches after `after` are whole batches of this page."""
@@ -55,11 +63,18 @@ class Page:
         (a page of thousands of batches would hold the event loop for a while)."""
         task = self._encoded.get(flt)
         if task is None:
-            work = anyio.to_thread.run_sync(encode_batches, self.batches, flt, epoch)
+            work = anyio.to_thread.run_sync(_encoded, self.batches, flt, epoch)
             if len(self._encoded) >= ENCODED_FILTERS:
-                return await work
-            task = self._encoded[flt] = asyncio.ensure_future(work)
+                return (await work)[0]
+            task = self._encoded[flt] = asyncio.ensure_future(self._kept(work))
         return await asyncio.shield(task)
+
+    async def _kept(self, work: Coroutine[Any, Any, tuple["Encoded", int]]) -> "Encoded":
+        encoded, size = await work
+        self.size += size
+        if self.grew is not None:
+            self.grew()
+        return encoded
 
     def messages(self, encoded: "Encoded", after: int, upto: int) -> list[Outgoing]:
         """Of `encoded`, the messages of the batches in seq (after, upto]."""
@@ -68,6 +83,12 @@ class Page:
 
 
 Encoded = list[list[Outgoing]]  # per batch of a page
+
+
+def _encoded(batches: list[Batch], flt: Filter, epoch: str) -> tuple[Encoded, int]:
+    """`encode_batches`, and about how many bytes its messages hold."""
+    encoded = encode_batches(batches, flt, epoch)
+    return encoded, sum(len(m.text) + MESSAGE_BYTES for ms in encoded for m in ms)
 
 
 class GridEnds:
@@ -125,8 +146,11 @@ Reader = Callable[[int, int, int, Told], Coroutine[Any, Any, Page]]  # read_page
 class SharedPages:
     """The pages being read or read last, by grid cell."""
 
-    def __init__(self, keep: int = KEEP_PAGES, grid: int = PAGE_ROWS) -> None:
+    def __init__(
+        self, keep: int = KEEP_PAGES, grid: int = PAGE_ROWS, keep_bytes: int = KEEP_BYTES
+    ) -> None:
         self._keep = keep
+        self._keep_bytes = keep_bytes
         self._grid = grid
         self._pages: OrderedDict[int, asyncio.Task[Page]] = OrderedDict()
         self._ends: dict[asyncio.Task[Page], asyncio.Future[int]] = {}  # where each will end
@@ -180,14 +204,31 @@ class SharedPages:
         self._pages[cell] = task
         self._ends[task] = end
         self.reads += 1
-        # Forget the pages used longest ago, never one still being read (clients wait on it).
-        done = [c for c, t in self._pages.items() if t.done()]
-        for old in done[: max(0, len(self._pages) - self._keep)]:
-            self._forget(old)
+        self._trim()
         return task
 
+    @property
+    def kept_bytes(self) -> int:
+        """About how many bytes the pages read hold (their rows and messages)."""
+        return sum(t.result().size for t in self._pages.values() if _read(t))
+
+    def _trim(self) -> None:
+        """Forget the pages used longest ago while more are kept than `keep` or they hold
+        more than `keep_bytes`: never one still being read (clients wait on it), nor the
+        one used last. A client already given a page keeps it until done with it."""
+        read = [(c, t.result()) for c, t in self._pages.items() if _read(t)]
+        count, held = len(self._pages), sum(page.size for _, page in read)
+        for cell, page in read[:-1]:
+            if count <= self._keep and held <= self._keep_bytes:
+                break
+            self._forget(cell)
+            count, held = count - 1, held - page.size
+
     def _forget(self, cell: int) -> None:
-        self._ends.pop(self._pages.pop(cell), None)
+        task = self._pages.pop(cell)
+        self._ends.pop(task, None)
+        if _read(task):
+            task.result().grew = None
 
     def _done(self, cell: int, task: "asyncio.Task[Page]", end: "asyncio.Future[int]") -> None:
         failed = task.cancelled() or task.exception() is not None
@@ -199,6 +240,9 @@ class SharedPages:
                 end.set_result(task.result().end)
         if failed and self._pages.get(cell) is task:
             self._forget(cell)  # the next client reads it anew
+        elif not failed and self._pages.get(cell) is task:
+            task.result().grew = self._trim
+            self._trim()
 
 
 def _settle(future: "asyncio.Future[int]", end: int) -> None:
@@ -206,5 +250,10 @@ def _settle(future: "asyncio.Future[int]", end: int) -> None:
         future.set_result(end)
 
 
+def _read(task: "asyncio.Task[Page]") -> bool:
+    """Whether the page's read is done and did not fail."""
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
 def _reaches(task: "asyncio.Task[Page]", after: int) -> bool:
-    return not task.cancelled() and task.exception() is None and task.result().end > after
+    return _read(task) and task.result().end > after

@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
+from stream.pages import KEEP_BYTES
 from stream.replay import RETRY_SECONDS, ReplayGate, Ticket
 from tests.helpers import serve
 from tests.stream.conftest import push, recv_type
@@ -118,3 +119,4 @@ async def test_resuming_clients_through_one_read_slot_each_get_every_batch_once(
         # 30 clients' pages, served from fewer reads: clients nearby share them
         assert health["catch_up_pages_served"] >= 30
         assert 1 <= health["catch_up_pages"] < health["catch_up_pages_served"]
+        assert 0 < health["catch_up_kept_bytes"] <= KEEP_BYTES

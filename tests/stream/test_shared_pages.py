@@ -165,6 +165,35 @@ async def test_a_page_cut_at_the_streams_position_is_read_again_past_it(tmp_path
     db.close()
 
 
+async def test_pages_kept_are_bounded_in_bytes_as_their_messages_are_kept(
+    tmp_path: Path,
+) -> None:
+    """Past `keep_bytes` (rows and the messages kept), the pages used longest ago are let
+    go, as a new page is read or a page keeps a filter's messages; never the page used
+    last, however big."""
+    db = Database(tmp_path / "bytes.duckdb")
+    await _ten_batches(db, "counter")
+    shared = SharedPages(grid=10, keep_bytes=3_000)
+
+    async def read(first: int, last: int, bound: int, told: Told) -> Page:
+        return await db.read(partial(read_page, first=first, last=last, bound=bound,
+                                     known=KnownSeries(), told=told))  # fmt: skip
+
+    pages = [await shared.page(after, 30, read) for after in (0, 12, 21)]
+    assert [(p.start, p.end) for p in pages if p is not None] == [(0, 12), (12, 21), (21, 30)]
+    sizes = [p.size for p in pages if p is not None]
+    assert sizes == [12 * 64 + 4 * 200, 9 * 64 + 3 * 200, 9 * 64 + 3 * 200]
+    assert list(shared._pages) == [1, 2] and shared.kept_bytes == sizes[1] + sizes[2]
+    last = pages[2]
+    assert last is not None
+    encoded = await last.encoded(Filter(), "e")
+    texts = sum(len(m.text) + 120 for ms in encoded for m in ms)
+    assert last.size == sizes[2] + texts
+    assert list(shared._pages) == [2] and shared.kept_bytes == last.size  # over, but last
+    assert set(shared._ends) == set(shared._pages.values())
+    db.close()
+
+
 async def test_grid_ends_keep_only_what_committed_batches_say(tmp_path: Path) -> None:
     """A grid point's batch end is kept once the stream is past it (its batch committed,
     so it never changes); one past the stream is looked up again, and found once its
