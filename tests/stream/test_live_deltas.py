@@ -233,4 +233,7 @@ async def test_known_series_reads_each_series_once_and_stays_bounded(tmp_path: P
     assert known.resolve(cursor, np.array(ids[5:8])) is later and len(reads) == 4
     assert sorted(later) == ids[5:]
     assert {s.metric for s in later.values()} == {f"m{i}" for i in range(5, 10)}
+    # The strings series share are one object each, across reads (copies held MiBs).
+    assert len({id(s.source) for s in later.values()}) == 1
+    assert len({id(s.tenant_id) for s in later.values()}) == 1
     db.close()
