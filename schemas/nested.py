@@ -33,7 +33,10 @@ def number(value: float) -> float | int:
 
 def put(tree: dict[str, Any], metric: str, value: object) -> None:
     """`a.b.c` → tree["a"]["b"]["c"]; a name with labels (`x{k="a.b"}`) stays whole."""
-    parts = [metric] if "{" in metric else metric.split(".")
+    if "." not in metric or "{" in metric:  # most names: one level (as the loop below does)
+        tree[metric] = value
+        return
+    parts = metric.split(".")
     node = tree
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)

@@ -17,7 +17,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -94,14 +94,22 @@ def template(series: list[Series], has_delta: list[bool]) -> Template:
 
 def _emit(tree: dict[str, Any], pieces: list[str], slots: list[_Slot]) -> None:
     pieces[-1] += "{"
-    for i, (key, value) in enumerate(tree.items()):
-        pieces[-1] += ("," if i else "") + orjson.dumps(key).decode() + ":"
+    first = True
+    for key, value in tree.items():
+        pieces[-1] += _key(key) if first else "," + _key(key)
+        first = False
         if isinstance(value, dict):
             _emit(value, pieces, slots)
         else:
             slots.append(value)
             pieces.append("")
     pieces[-1] += "}"
+
+
+@lru_cache(maxsize=1 << 16)
+def _key(key: str) -> str:
+    """A key's JSON text and colon (the same names recur in every source and shape)."""
+    return orjson.dumps(key).decode() + ":"
 
 
 class _Templates:
