@@ -26,10 +26,16 @@ HANDSHAKE = (
 
 
 def tasks(loop: asyncio.AbstractEventLoop) -> int:
-    async def count() -> int:
-        return len(asyncio.all_tasks())
+    return len(running(loop))
 
-    return asyncio.run_coroutine_threadsafe(count(), loop).result(timeout=10)
+
+def running(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """What each task on the server's loop runs (its coroutine), for a failure to name."""
+
+    async def names() -> list[str]:
+        return sorted(repr(task.get_coro()) for task in asyncio.all_tasks())
+
+    return asyncio.run_coroutine_threadsafe(names(), loop).result(timeout=10)
 
 
 async def drain(ws: ClientConnection) -> list[dict[str, Any]]:
@@ -71,7 +77,7 @@ async def test_the_server_survives_a_websocket_fuzz(tmp_path: Path) -> None:
         async with connect(ws_url) as warm:  # let every lazily started task exist
             await recv_type(warm, "connected")
         wait_for(lambda: httpx.get(f"{base}/health").json()["streams"]["clients"] == 0)
-        before = tasks(loop)
+        before, were = tasks(loop), running(loop)
 
         # Garbage text and binary frames: an error message each, the connection stays.
         async with connect(ws_url) as ws:
@@ -127,7 +133,8 @@ async def test_the_server_survives_a_websocket_fuzz(tmp_path: Path) -> None:
                 if clients == 0 and tasks(loop) <= before:
                     break
                 await anyio.sleep(0.1)
-            assert clients == 0 and tasks(loop) <= before, (clients, tasks(loop), before)
+            now = running(loop)
+            assert clients == 0 and len(now) <= before, (clients, were, now)
             async with connect(ws_url) as ws:
                 await recv_type(ws, "connected")
             stored = await http.get("/api/v1/series", params={"from": "2000-01-01T00:00:00Z"})
