@@ -130,6 +130,9 @@ class ScrapeFailure(NamedTuple):
     error: str
 
 
+Failures = dict[int, list[ScrapeFailure]]  # by batch
+
+
 class Batch(NamedTuple):
     """One batch: rows lo..hi of `block`."""
 
@@ -250,19 +253,35 @@ def read_batches(
     if upto <= after:
         return []
     known = known if known is not None else KnownSeries()
-    page = _in_seq_order(arrow(cur, _PAGE, {"after": after, "upto": upto}))
+    # The page's rows and as many stored just before it, in one read: those are the rows
+    # of the tick before a page of one tick, what its deltas look back to.
+    first = after - (upto - after)
+    rows = _in_seq_order(arrow(cur, _PAGE, {"first": first, "upto": upto}))
+    cut = int(np.searchsorted(rows.column("seq").to_numpy(), after, side="right"))
+    page, prior = rows.slice(cut), rows.slice(0, cut)
     if not page.num_rows:
         return []
     span = pc.min_max(page.column("ts"))
     lo, hi = span["min"].as_py(), span["max"].as_py()
-    bounds = {"lo": lo, "hi": hi, "after": after, "upto": upto, "n": page.num_rows}
-    crossing, previous = cur.execute(_AROUND, bounds).fetchall()[0]
+    # The first window reaches back to the earliest of the rows read before the page, at
+    # most WINDOWS[0].
+    since = lo - WINDOWS[0]
+    if prior.num_rows:
+        since = max(pc.min(prior.column("ts")).as_py(), since)
+    bounds = {"lo": lo, "hi": hi, "after": after, "upto": upto, "first": first,
+              "since": since, "batch_lo": rows.column("batch")[cut].as_py(),
+              "batch_hi": rows.column("batch")[-1].as_py()}  # fmt: skip
+    crossing, elsewhere, failed, earliest = cur.execute(_AROUND, bounds).fetchall()[0]
     if crossing:
         return _read_through_macro(cur, after, upto, lo, hi, known)
-    # The first window reaches back to the earliest of the as many rows stored just before
-    # the page (a page of one tick: the tick before it), at most WINDOWS[0].
-    since = lo - WINDOWS[0] if previous is None else max(previous, lo - WINDOWS[0])
-    return with_deltas_in(cur, page, _samples_before(cur, page, lo, after, since), known)
+    if elsewhere:  # rows of the window stored before those read: read the window
+        recent = arrow(cur, _RECENT, {"since": since, "lo": lo, "after": after})
+    else:
+        ts = prior.column("ts")
+        recent = prior.filter(pc.and_(pc.greater_equal(ts, pa.scalar(since, ts.type)),
+                                      pc.less_equal(ts, pa.scalar(lo, ts.type))))  # fmt: skip
+    before = _samples_before(cur, page, recent, lo, after, since, earliest)
+    return with_deltas_in(cur, page, before, known, None if failed else {})
 
 
 def _in_seq_order(rows: pa.Table) -> pa.Table:
@@ -273,33 +292,44 @@ def _in_seq_order(rows: pa.Table) -> pa.Table:
 
 
 def with_deltas_in(
-    cur: duckdb.DuckDBPyConnection, page: pa.Table, before: pa.Table, known: KnownSeries
+    cur: duckdb.DuckDBPyConnection,
+    page: pa.Table,
+    before: pa.Table,
+    known: KnownSeries,
+    failures: Failures | None = None,
 ) -> list[Batch]:
     """`page`'s rows (a range of seqs, in order) as batches, each row with its delta
     against the row before it in its series by (ts, seq): in `page`, or else in `before`
-    (rows outside the range that hold each series' sample just before the page)."""
+    (rows outside the range that hold each series' sample just before the page); the
+    batches' failed scrapes are read unless given."""
     # `before` first: both are then in (ts, seq) order where each is (the quicker sort).
     delta, has = deltas_of(pa.concat_tables([before, page.select(before.schema.names)]))
     m = before.num_rows
-    return _batches_of(cur, page, np.where(has[m:], delta[m:], 0.0), has[m:], known)
+    deltas = np.where(has[m:], delta[m:], 0.0)
+    return _batches_of(cur, page, deltas, has[m:], known, failures)
 
 
 # In the order rows were stored, which is seq order (`_in_seq_order` checks; ORDER BY
 # costs a sort, 1 ms of a 20,000-row page's 2.6).
 _PAGE = """
 SELECT seq, batch, ts, series_id, kind, value FROM points
-WHERE seq > $after AND seq <= $upto
+WHERE seq > $first AND seq <= $upto
 """
-# Rows outside the range that a row of the range could follow in time (those at the
-# range's first time with a smaller seq come before all of it, at its last with a larger
-# seq after all of it: neither is in the way).
-# Also the earliest time of the `n` rows stored just before the range.
+# In one statement (each costs ~0.6 ms of its own): rows outside the range that a row of
+# the range could follow in time (those at the range's first time with a smaller seq come
+# before all of it, at its last with a larger seq after all of it: neither is in the
+# way); rows of the first window before the range that were not read with it; the
+# range's batches' failed scrapes; and the earliest time stored (from DuckDB's statistics:
+# at most the earliest, never later).
 _AROUND = """
 SELECT
   (SELECT count(*) FROM points
    WHERE ts >= $lo AND ts <= $hi AND (seq <= $after OR seq > $upto)
      AND NOT (ts = $lo AND seq <= $after) AND NOT (ts = $hi AND seq > $upto)),
-  (SELECT min(ts) FROM points WHERE seq > $after - $n AND seq <= $after)
+  (SELECT count(*) FROM points
+   WHERE seq <= $first AND ts >= $since AND (ts < $lo OR (ts = $lo AND seq <= $after))),
+  (SELECT count(*) FROM scrapes WHERE batch >= $batch_lo AND batch <= $batch_hi AND NOT up),
+  (SELECT min(ts) FROM points)
 """
 # What a delta needs of the rows before a page (not their batch).
 _RECENT = """
@@ -320,23 +350,29 @@ _EVER = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def _samples_before(
-    cur: duckdb.DuckDBPyConnection, page: pa.Table, lo: datetime, after: int, since: datetime
+    cur: duckdb.DuckDBPyConnection,
+    page: pa.Table,
+    recent: pa.Table,
+    lo: datetime,
+    after: int,
+    since: datetime,
+    earliest: datetime,
 ) -> pa.Table:
     """Samples before `page` (`seq`, `ts`, `series_id`, `kind`, `value`) that hold, for
-    each of its series a delta looks back in (counters), the one just before it: every
-    sample from `since` (the rows of a tick or a few), then each still missing series'
-    last one in the WINDOWS wider than `lo - since`."""
+    each of its series a delta looks back in (counters), the one just before it: `recent`
+    (every sample from `since`: the rows of a tick or a few), then each still missing
+    series' last one in the WINDOWS wider than `lo - since`, up to the one that reaches
+    `earliest` (no sample is stored before it)."""
     schema = pa.schema([page.schema.field(name) for name in _BEFORE_COLUMNS])
-    bounds = {"since": since, "lo": lo, "after": after}
-    found = [arrow(cur, _RECENT, bounds).cast(schema)]
+    found = [recent.select(_BEFORE_COLUMNS).cast(schema)]
     counted = pc.is_in(page.column("kind"), pa.array(CUMULATIVE))
     wanted = pc.unique(pc.filter(page.column("series_id"), counted))
     missing = pc.filter(wanted, pc.invert(pc.is_in(wanted, found[0].column("series_id"))))
     ids = missing.to_pylist()
     for window in (*(w for w in WINDOWS if lo - w < since), None):
-        if not ids:
+        if not ids or since <= earliest:
             break
-        since = lo - window if window is not None else _EVER
+        since = lo - window if window is not None and lo - window > earliest else _EVER
         bounds = {"since": since, "lo": lo, "after": after}
         table = arrow_with_ids(cur, _BEFORE, bounds, ids)
         if table.num_rows:
@@ -373,10 +409,11 @@ def _batches_of(
     delta: np.ndarray,
     has_delta: np.ndarray,
     known: KnownSeries,
+    failures: Failures | None = None,
 ) -> list[Batch]:
     """`rows` (`seq`, `batch`, `ts`, `series_id`, `kind`, `value`; seq order) with their
     deltas (a number only where `has_delta`) as one block, cut into its batches with their
-    failed scrapes."""
+    failed scrapes (read unless given)."""
     if not rows.num_rows:
         return []
     block = Block(
@@ -390,20 +427,20 @@ def _batches_of(
         has_delta,
         known.resolve(cur, pc.unique(rows.column("series_id")).to_numpy()),
     )
-    return batches_of(block, read_failures(cur, int(block.batch[0]), int(block.batch[-1])))
+    if failures is None:
+        failures = read_failures(cur, int(block.batch[0]), int(block.batch[-1]))
+    return batches_of(block, failures)
 
 
-def read_failures(
-    cur: duckdb.DuckDBPyConnection, first: int, last: int
-) -> dict[int, list[ScrapeFailure]]:
+def read_failures(cur: duckdb.DuckDBPyConnection, first: int, last: int) -> Failures:
     """Failed scrapes of batches first..last, by batch."""
-    failures: dict[int, list[ScrapeFailure]] = {}
+    failures: Failures = {}
     for f in cur.execute(_FAILURES, {"first": first, "last": last}).fetchall():
         failures.setdefault(f[0], []).append(ScrapeFailure(*f))
     return failures
 
 
-def batches_of(block: Block, failures: dict[int, list[ScrapeFailure]]) -> list[Batch]:
+def batches_of(block: Block, failures: Failures) -> list[Batch]:
     """The block cut into its batches."""
     if not len(block):
         return []

@@ -15,7 +15,7 @@ from ingest.writer import Writer
 from schemas.db import Database
 from schemas.deltas import sample_delta
 from schemas.labels import NO_LABELS, to_json
-from schemas.rows import SampleRow
+from schemas.rows import SampleRow, ScrapeRow
 from schemas.signals import AppendSignal
 from stream.batches import LOOKBACK, KnownSeries, Row, labels_of, read_batches
 from stream.live import SeriesCache, read_live
@@ -144,6 +144,35 @@ async def test_catch_up_rows_read_as_arrow_are_the_rows_fetchall_gives(tmp_path:
     db.close()
 
 
+@pytest.mark.anyio
+async def test_catch_up_batches_carry_their_failed_scrapes(tmp_path: Path) -> None:
+    """A range's batches come with their failed scrapes, each with its own; a scrape that
+    went well is none."""
+    db = Database(tmp_path / "failures.duckdb")
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    for b in range(4):
+        ts = T0 + timedelta(seconds=b)
+        up = b % 2 == 0
+        await writer.append(
+            [SampleRow(ts, "local", None, None, "a", "total", "counter", float(b))],
+            [ScrapeRow(ts, "local", None, "a", True, 0.01, None),
+             ScrapeRow(ts, "local", None, "b", up, 0.5, None if up else f"down {b}")],
+        )  # fmt: skip
+    await writer.close()
+    cur = db.cursor()
+    read = read_batches(cur, 0, 4, KnownSeries())
+    assert [[(f.source, f.error) for f in b.failures] for b in read] == [
+        [],
+        [("b", "down 1")],
+        [],
+        [("b", "down 3")],
+    ]
+    assert [f.batch for f in read[1].failures] == [read[1].batch]
+    assert [b.failures for b in read_batches(cur, 2, 3, KnownSeries())] == [[]]
+    db.close()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batches=st.lists(st.lists(ROW, min_size=1, max_size=5), min_size=1, max_size=20),
@@ -166,6 +195,12 @@ async def test_catch_up_rows_read_as_arrow_are_the_rows_fetchall_gives(tmp_path:
 )
 @example(  # the rows just before the range are newer than one series' sample before it
     batches=[[(0, "counter", 1, 0)], [(1, "counter", 1, 1)], [(0, "counter", 5, 0)]],
+    gaps=[0] * 20,
+    cuts=[2, 3],
+    shuffle=random.Random(0),
+)
+@example(  # a row stored before those read with the range is its series' latest before it
+    batches=[[(0, "counter", 3, 5)], [(0, "counter", 1, -1)], [(0, "counter", 5, 2)]],
     gaps=[0] * 20,
     cuts=[2, 3],
     shuffle=random.Random(0),
