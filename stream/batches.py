@@ -182,10 +182,10 @@ class KnownSeries:
         table = arrow_with_ids(cur, _SERIES, {}, missing)
         columns = [_shared_strings(table.column(name)) if name in _SHARED else c.to_pylist()
                    for name, c in zip(table.column_names, table.columns, strict=True)]  # fmt: skip
-        found = {  # by column: half the time of `fetchall` (its labels come as dicts)
-            i: Series(tenant, tool, session, source, name, labels_of(labels))
-            for i, tenant, tool, session, source, name, labels in zip(*columns, strict=True)
-        }
+        ids_read, *strings, labels = columns  # by column: half the time of `fetchall`
+        # (its labels come as dicts); `_make` builds a tuple without a call of `__new__`.
+        series = map(Series._make, zip(*strings, map(labels_of, labels), strict=True))
+        found = dict(zip(ids_read, series, strict=True))
         added = list(found)
         if len(info) + len(found) > self._limit:  # start a new map with this read's series
             info = {i: info[i] for i in ids[known].tolist()}

@@ -77,6 +77,12 @@ def _trees(
 
 def template(series: list[Series], has_delta: list[bool]) -> Template:
     """The template of a batch whose rows are of `series`, in order."""
+    flat = flat_template(series, has_delta)
+    return flat if flat is not None else tree_template(series, has_delta)
+
+
+def tree_template(series: list[Series], has_delta: list[bool]) -> Template:
+    """`template`, through the trees a row-by-row encoder builds."""
     data, deltas, summed = _trees(series, has_delta, _Slot, lambda _, row: _Slot(DELTA, row))
     pieces = ['"data":']
     slots: list[_Slot] = []
@@ -90,6 +96,53 @@ def template(series: list[Series], has_delta: list[bool]) -> Template:
         np.array([s.row for s in slots], np.int64),
         summed,
     )
+
+
+def flat_template(series: list[Series], has_delta: list[bool]) -> Template | None:
+    """`template` of a batch whose trees are one level under each source (no dotted name,
+    no `up`, no name twice in a source: most ticks and pushes), without building them: a
+    20,000-row shape in a fraction of the trees' 30-40 ms. None for any other batch."""
+    sources = [s.source for s in series]
+    metrics = [s.metric for s in series]
+    if "up" in metrics or len(set(zip(sources, metrics, strict=True))) < len(series):
+        return None
+    if any("." in m and "{" not in m for m in metrics):  # `put` would nest it
+        return None
+    keys = [_key(m) for m in metrics]
+    rows = list(range(len(series)))
+    data = _flat_pieces(rows, sources, keys)
+    deltas = _flat_pieces([r for r in rows if has_delta[r]], sources, keys)
+    pieces = [f'"data":{data[0][0]}', *data[0][1:-1], f'{data[0][-1]},"deltas":{deltas[0][0]}',
+              *deltas[0][1:-1], deltas[0][-1] + "}"]  # fmt: skip
+    if not deltas[1]:  # `"deltas":{}`: the two pieces around it are one
+        pieces = [f'"data":{data[0][0]}', *data[0][1:-1], f'{data[0][-1]},"deltas":{{}}}}']
+    return Template(
+        pa.array(pieces, pa.string()),
+        np.array([VALUE] * len(data[1]) + [DELTA] * len(deltas[1]), np.int64),
+        np.array(data[1] + deltas[1], np.int64),
+        False,
+    )
+
+
+def _flat_pieces(
+    rows: list[int], sources: list[str], keys: list[str]
+) -> tuple[list[str], list[int]]:
+    """A one-level tree's text around its numbers (rows grouped by source, sources and
+    names in the order they first come, as dicts keep them), and the row of each number."""
+    grouped: dict[str, list[int]] = {}
+    for r in rows:
+        grouped.setdefault(sources[r], []).append(r)
+    if not grouped:
+        return ["{}"], []
+    pieces, order = [], []
+    before = "{"
+    for source, members in grouped.items():
+        pieces.append(f"{before}{_key(source)}{{{keys[members[0]]}")
+        pieces.extend("," + keys[r] for r in members[1:])
+        order.extend(members)
+        before = "},"
+    pieces.append("}}")
+    return pieces, order
 
 
 def _emit(tree: dict[str, Any], pieces: list[str], slots: list[_Slot]) -> None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from schemas.nested import json_value
 from stream.batches import Batch, Block, Row, Series
-from stream.columns import by_rows, metrics_texts, number_texts
+from stream.columns import by_rows, flat_template, metrics_texts, number_texts, tree_template
 from stream.encode import Filter, encode_batches
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -94,6 +94,29 @@ def test_columnar_messages_are_the_row_by_row_ones(
     messages = encode_batches(batches, flt, "ep")
     assert [[m.text for m in ms] for ms in messages] == [[t] if t else [] for t in got]
     assert all(m.seq == b.last_seq for ms, b in zip(messages, batches, strict=True) for m in ms)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    shape=st.lists(st.tuples(st.integers(0, len(SERIES) - 1), st.booleans()), min_size=1,
+                   max_size=30),
+)  # fmt: skip
+def test_a_flat_template_is_the_one_the_trees_give(shape: list[tuple[int, bool]]) -> None:
+    """Where a batch's trees are one level deep, the template made without them is the
+    same, text and slots; any other batch is left to the trees."""
+    series, has_delta = [SERIES[i] for i, _ in shape], [d for _, d in shape]
+    flat, trees = flat_template(series, has_delta), tree_template(series, has_delta)
+    one_level = (
+        len(set(series)) == len(series)
+        and all(s.metric != "up" and ("." not in s.metric or "{" in s.metric) for s in series)
+        and len({(s.source, s.metric) for s in series}) == len(series)
+    )
+    assert (flat is not None) == one_level
+    if flat is not None:
+        assert flat.pieces.to_pylist() == trees.pieces.to_pylist()
+        assert flat.kinds.tolist() == trees.kinds.tolist()
+        assert flat.rows.tolist() == trees.rows.tolist()
+        assert not flat.summed and not trees.summed
 
 
 @settings(max_examples=200, deadline=None)
