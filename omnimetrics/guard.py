@@ -9,8 +9,8 @@
   1008 with the reason, so a browser can show it). The tenant is the credential's: a
   `tenant_id` parameter naming another is a 403 (WebSocket: 1008), and a route that takes
   `tenant_id` gets the credential's when none is given, so nothing can widen it. Scopes:
-  `write` for `POST /ingest`, `admin` to change settings and for `/metrics` (open with
-  `OMNIMETRICS_METRICS_PUBLIC=true`), `read` for the rest.
+  `write` for `POST /ingest`, `admin` to change settings, for `/api/v1/batches` and for
+  `/metrics` (open with `OMNIMETRICS_METRICS_PUBLIC=true`), `read` for the rest.
 
 The credential travels as `Authorization: Bearer <jwt>`, or as `?token=` on the two
 stream routes (browsers cannot set headers there).
@@ -32,7 +32,8 @@ OPEN_PREFIXES = ("/static/", "/docs/")
 STREAM_PATHS = frozenset(("/ws/metrics", "/stream/metrics"))
 # Routes without a `tenant_id` parameter (the tenant is in the body, or none applies).
 NO_TENANT_PARAM = frozenset(("/ingest", "/settings/profiles", "/metrics"))
-ADMIN = frozenset((("PUT", "/settings"), ("POST", "/settings/reset"), ("GET", "/metrics")))
+ADMIN = frozenset((("PUT", "/settings"), ("POST", "/settings/reset"), ("GET", "/metrics"),
+                   ("GET", "/api/v1/batches")))  # fmt: skip
 METRICS_PATH = "/metrics"
 
 

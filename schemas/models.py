@@ -205,16 +205,14 @@ MAX_CURSOR_CHARS = 200
 Cursor = Annotated[str, StringConstraints(max_length=MAX_CURSOR_CHARS)]
 
 
-class StreamParams(Strict):
-    """Query string of `WS /ws/metrics` and `GET /stream/metrics`."""
+class StreamFilter(Strict):
+    """What a stream client watches (and a replay reads): tenant, tool, session, labels."""
 
     tenant_id: TenantId | None = None
     tool_id: Label | None = None
     session_id: Label | None = None
     labels: LabelFilter | None = None
     tags: LabelFilter | None = None  # the old service's name for `labels`
-    since: Cursor | None = None
-    token: Annotated[str, StringConstraints(max_length=4096)] | None = None
 
     def label_filter(self) -> Labels:
         """`labels` and `tags` together (both exact matches; `labels` wins on a name both
@@ -222,6 +220,23 @@ class StreamParams(Strict):
         pairs = dict(parse_filter(self.tags, "tags")) if self.tags else {}
         pairs.update(parse_filter(self.labels, "labels") if self.labels else ())
         return tuple(sorted(pairs.items()))
+
+
+class StreamParams(StreamFilter):
+    """Query string of `WS /ws/metrics` and `GET /stream/metrics`."""
+
+    since: Cursor | None = None
+    token: Annotated[str, StringConstraints(max_length=4096)] | None = None
+
+
+MAX_BATCHES_LIMIT = 10_000
+
+
+class BatchesParams(StreamFilter):
+    """Query string of `GET /api/v1/batches`: from the first stored batch without `since`."""
+
+    since: Cursor | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_BATCHES_LIMIT)] = 1_000
 
 
 # The old service's read routes (`/metrics/*`, `/sessions/{id}/metrics`): its parameter

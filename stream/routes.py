@@ -1,4 +1,5 @@
-"""`GET /stream/metrics` (SSE); `WS /ws/metrics` is the bare ASGI endpoint in ws.py.
+"""`GET /stream/metrics` (SSE) and `GET /api/v1/batches` (the stream's batches, paged, for
+gateways and replays); `WS /ws/metrics` is the bare ASGI endpoint in ws.py.
 
 It reads the hub and the database from the lifespan state (`hub`, `db`). A slow client
 is never waited for: its stream ends with a final `gap` event carrying the cursor, and
@@ -6,6 +7,7 @@ browsers then resume by Last-Event-ID.
 """
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, cast
 
 import anyio
@@ -15,8 +17,11 @@ from starlette.responses import Response
 
 from schemas.db import Database
 from schemas.http import error_response
-from schemas.models import MAX_CURSOR_CHARS, StreamParams
+from schemas.models import MAX_CURSOR_CHARS, BatchesParams, StreamFilter, StreamParams
+from stream.batches import known_series
+from stream.cursor import BadCursor, parse_cursor
 from stream.encode import Filter, Outgoing, control
+from stream.history import page_json, read_batches_after
 from stream.hub import Hub, settings_tenant
 from stream.replay import ReplayGate, Ticket
 from stream.session import catch_up, enter_catch_up, error, open_session, sent
@@ -26,7 +31,7 @@ SSE_RETRY_MS = 3000
 router = APIRouter()
 
 
-def _filter(params: StreamParams) -> Filter:
+def _filter(params: StreamFilter) -> Filter:
     return Filter(params.tenant_id, params.tool_id, params.session_id, params.label_filter())
 
 
@@ -58,6 +63,29 @@ async def sse_metrics(request: Request, params: Annotated[StreamParams, Query()]
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.get("/api/v1/batches")
+async def batches(request: Request, params: Annotated[BatchesParams, Query()]) -> Response:
+    """The batches after `since` (from the first stored one without it), in seq order,
+    each with its rows and their deltas; at most `limit` batches and about 100,000 rows a
+    page, then `cursor` for the next page and `more` (stream/history.py)."""
+    hub, db = cast(Hub, request.state.hub), cast(Database, request.state.db)
+    head = hub.position
+    after = 0
+    if params.since is not None:
+        try:
+            after = parse_cursor(params.since, hub.epoch, head)
+        except BadCursor as exc:
+            reason = str(exc).split(";")[0]  # not "starting from now": nothing starts here
+            return error_response(422, f"since: {reason} (this database's epoch is {hub.epoch})")
+    gate = cast(ReplayGate, request.state.replay)
+    known = known_series(hub.epoch)
+    async with gate.read():
+        page = await db.read(partial(read_batches_after, after=after, head=head, known=known,
+                                     limit=params.limit))  # fmt: skip
+    body = await anyio.to_thread.run_sync(page_json, page, head, _filter(params), hub.epoch)
+    return Response(body, media_type="application/json")
 
 
 def _frame(item: Outgoing, epoch: str) -> bytes:
