@@ -45,6 +45,7 @@ from schemas.tenants import (
 )
 from schemas.times import utcnow
 from stream.hub import Hub, StreamLimits
+from stream.redis_stream import RedisPublisher
 from stream.replay import ReplayGate
 from stream.routes import router as stream_router
 from stream.tail import Tail
@@ -241,7 +242,19 @@ def create_app(
                 observe_delivery=metrics.observe_delivery,
             )
             stack.callback(hub.close)
-            tail = Tail(db, hub)
+            publisher = None
+            if settings.redis_url is not None:
+                publisher = RedisPublisher(
+                    settings.redis_url,
+                    db,
+                    hub.epoch,
+                    hub.position,
+                    settings.redis_prefix,
+                    settings.redis_maxlen,
+                )
+                publishing = _background(publisher.run(), "omnimetrics-publish")
+                await stack.enter_async_context(publishing)
+            tail = Tail(db, hub, publisher.offer if publisher is not None else None)
             stack.callback(signal.subscribe(tail.notify))
             for listener in commit_listeners:
                 stack.callback(signal.subscribe(listener))
@@ -249,6 +262,8 @@ def create_app(
             outcomes = {"export": Outcome(f"the export to {mirror_dir(db.path)}"),
                         "rollups": Outcome("the rollups' refresh"),
                         "retention": Outcome("the retention run")}  # fmt: skip
+            if publisher is not None:
+                outcomes["publish"] = publisher.outcome
             stack.push_async_callback(_final_export, db, outcomes["export"])
             mirror = keep_mirror(db, settings.export_interval_seconds, outcomes["export"])
             await stack.enter_async_context(_background(mirror, "omnimetrics-mirror"))
@@ -279,7 +294,7 @@ def create_app(
             yield {"db": db, "writer": writer, "collector": collector, "signal": signal,
                    "jobs": jobs, "hub": hub, "tenants": tenants, "ingest_budget": budget,
                    "max_body_bytes": settings.max_body_bytes, "replay": replay,
-                   "outcomes": outcomes, "metrics": metrics}  # fmt: skip
+                   "outcomes": outcomes, "metrics": metrics, "publisher": publisher}  # fmt: skip
 
     app = FastAPI(
         title="omnimetrics",

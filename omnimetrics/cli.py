@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-format", choices=["text", "json"],
                        help="text (default) or json, a line per record")  # fmt: skip
+    serve.add_argument("--redis-url", help="also append every batch to a Redis Stream "
+                       "(redis://host:port/db), for gateways")  # fmt: skip
     serve.add_argument("--ssl-certfile", type=Path, help="serve https:// and wss:// (PEM)")
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
     export_ = commands.add_parser("export", help="write samples as Parquet partitioned by day")

@@ -15,6 +15,7 @@ from schemas.models import NoParams
 from schemas.outcomes import Outcome
 from schemas.times import rfc3339, utcnow
 from stream.hub import Hub
+from stream.redis_stream import RedisPublisher
 from stream.replay import ReplayGate
 
 router = APIRouter()
@@ -30,6 +31,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
     jobs = cast(CollectionJobs, request.state.jobs)
     replay = cast(ReplayGate, request.state.replay)
     outcomes = cast(dict[str, Outcome], request.state.outcomes)
+    publisher = cast(RedisPublisher | None, request.state.publisher)
     sources: dict[str, dict[str, Any]] = {}
     down: list[str] = []
     for source in collector.sources:
@@ -93,6 +95,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 "catch_up_refused": replay.refused,
             },
             "jobs": {name: outcome.report() for name, outcome in outcomes.items()},
+            "publisher": publisher.report() if publisher is not None else None,
             "retention": _retention(writer),
             "time": rfc3339(utcnow()),
         }

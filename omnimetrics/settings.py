@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     max_ingest_events_per_minute: Annotated[int, Field(ge=1)] = 1_000_000
     max_series_per_tenant: Annotated[int, Field(ge=1)] = 1_000_000
+    # Redis Streams (CONTRACT.md "Gateways"): with a URL, every committed batch is also
+    # appended to `<prefix>:batches`, trimmed to about `redis_maxlen` entries.
+    redis_url: Annotated[str, Field(pattern=r"^rediss?://")] | None = None
+    redis_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "omnimetrics"
+    redis_maxlen: Annotated[int, Field(ge=1)] = 100_000
     # glibc malloc arenas (omnimetrics/memory.py); 0 leaves glibc's own choice.
     malloc_arenas: Annotated[int, Field(ge=0, le=64)] = 2
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need from the system: Chromium (Playwright drives it; no browser
-# download), Node.js (its built-in test runner) and Prometheus (it scrapes `/metrics`);
+# download), Node.js (its built-in test runner), Prometheus (it scrapes `/metrics`) and
+# Redis (the Redis Streams backend's tests start their own `redis-server`);
 # with `bench`, what the benchmarks need: wrk (the load generator of the push benchmark)
 # and Prometheus (beside the scrape benchmark). Installs what is
 # missing with apt-get, as root or through sudo; anything else is one clear error.
@@ -15,6 +16,7 @@ else
     [ -x "$chromium" ] || missing+=(chromium)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -1,9 +1,11 @@
 """The one tail per process: woken by the writer's commit signal, it reads the new rows
-once and hands them to the hub. No per-client query, no per-client upstream poll."""
+once and hands them to the hub, and to the publisher when there is one (a Redis Stream:
+stream/redis_stream.py). No per-client query, no per-client upstream poll."""
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from functools import partial
 
 from schemas.db import Database
@@ -11,6 +13,7 @@ from schemas.signals import Appended
 from stream.batches import known_series
 from stream.hub import Hub
 from stream.live import SeriesCache, read_live
+from stream.redis_stream import Chunk
 
 log = logging.getLogger("omnimetrics.stream")
 
@@ -18,9 +21,12 @@ RETRY_SECONDS = 1.0
 
 
 class Tail:
-    def __init__(self, db: Database, hub: Hub) -> None:
+    def __init__(
+        self, db: Database, hub: Hub, publish: Callable[[Chunk], None] | None = None
+    ) -> None:
         self._db = db
         self._hub = hub
+        self._publish = publish  # never waits (what it cannot take, it reads itself)
         self._target = hub.position
         self._committed_at: float | None = None  # the oldest commit not yet dispatched
         self._wake = asyncio.Event()
@@ -44,7 +50,7 @@ class Tail:
             self._committed_at = None
             if upto <= after:
                 continue
-            if not len(self._hub):
+            if not len(self._hub) and self._publish is None:
                 # Nobody watches: nothing to read. A client that joins from here on starts
                 # after `upto` (and catches up from the database if it resumes). What the
                 # cache knows of each series' last sample is now old: forget it.
@@ -62,3 +68,5 @@ class Tail:
                 self._wake.set()
                 continue
             self._hub.dispatch(batches, upto, committed_at)
+            if self._publish is not None:
+                self._publish(Chunk(after, upto, batches))

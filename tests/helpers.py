@@ -4,7 +4,10 @@ import asyncio
 import base64
 import contextlib
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -213,3 +216,57 @@ class Traced:
 
     def __getattr__(self, name: str) -> Any:  # register, unregister: not statements
         return getattr(self._cur, name)
+
+
+class RedisServer:
+    """A real `redis-server` (Debian's, which `make test` installs) on a free port, without
+    persistence: a restart loses everything, as a crash of such a Redis does."""
+
+    def __init__(self, folder: Path, port: int | None = None, **options: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError("redis-server is missing: `make test` installs it "
+                                 "(scripts/system-packages.sh)")  # fmt: skip
+        self.binary, self.folder, self.port = binary, folder, port or free_port()
+        self.options = {"save": "", "appendonly": "no", "bind": "127.0.0.1",
+                        "stream-node-max-entries": "100", **options}  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        args = [self.binary, "--port", str(self.port), "--dir", str(self.folder)]
+        for name, value in self.options.items():
+            args += [f"--{name}", value]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, timeout=10)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.resume()
+        self.stop()

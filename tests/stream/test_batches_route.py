@@ -114,7 +114,8 @@ async def test_batches_are_what_the_stream_carries_in_order_and_paged(tmp_path: 
             one = (await http.get("/api/v1/batches", params=params)).json()
             assert one["batches"] == [] and one["more"] is True
             assert one["cursor"] == f"{epoch}:{seqs[0]}"
-            labeled = (await http.get("/api/v1/batches", params={"labels": '{"code": "200"}'})).json()
+            code = {"labels": '{"code": "200"}'}
+            labeled = (await http.get("/api/v1/batches", params=code)).json()
             assert [b["seq"] for b in labeled["batches"]] == [seqs[3], seqs[5]]
 
 

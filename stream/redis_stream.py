@@ -1,0 +1,202 @@
+"""The Redis Stream backend's writing side: every committed batch, with its rows' deltas,
+appended once to `<prefix>:batches` as entry `<seq>-0` (stream/wire.py), trimmed
+approximately to `maxlen` entries; each series' strings once in the hash
+`<prefix>:series` (id -> strings), written before the first entry that holds it.
+
+Publishing never blocks or fails a commit: the tail hands over what it read and goes on;
+anything the publisher has not got (it was disconnected, it fell behind, the process
+restarted, Redis lost its data) is read again from the store, from the stream's top. Redis
+refuses an id not above the stream's top, so publishing twice stores once. The stream's
+database epoch is kept in `<prefix>:epoch`: a stream of another database is dropped.
+"""
+
+import asyncio
+import logging
+from collections import deque
+from functools import partial
+from typing import Any, NamedTuple
+
+import duckdb
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from schemas.db import Database
+from schemas.outcomes import Outcome, describe
+from stream.batches import Batch, known_series
+from stream.history import read_batches_after
+from stream.wire import batch_series, encode_batch, series_bytes
+
+log = logging.getLogger("omnimetrics.stream")
+
+MAX_QUEUED_ROWS = 200_000  # handed over by the tail; past this, read again from the store
+PAGE_BATCHES = 1_000  # batches a store read gives at most
+RETRY_SECONDS = (0.2, 5.0)  # first and longest wait between attempts to reach Redis
+TIMEOUT_SECONDS = 5.0
+
+
+class Chunk(NamedTuple):
+    """Batches the tail read: every batch in seq (after, upto]."""
+
+    after: int
+    upto: int
+    batches: list[Batch]
+
+
+class RedisPublisher:
+    def __init__(
+        self,
+        url: str,
+        db: Database,
+        epoch: str,
+        head: int,
+        prefix: str = "omnimetrics",
+        maxlen: int = 100_000,
+        outcome: Outcome | None = None,
+    ) -> None:
+        self.stream, self.series_key, self.epoch_key = (
+            f"{prefix}:batches", f"{prefix}:series", f"{prefix}:epoch")  # fmt: skip
+        self._url = url
+        self._db = db
+        self._epoch = epoch
+        self._maxlen = maxlen
+        self.outcome = outcome or Outcome("publishing to Redis")
+        self._chunks: deque[Chunk] = deque()
+        self._queued_rows = 0
+        self._head = head  # the last seq committed, as the tail heard
+        self._wake = asyncio.Event()
+        self._known: set[int] = set()  # series in this Redis's hash
+        self.published = 0  # the stream's top, as far as this process knows
+        self.connected = False
+        self.entries = 0  # appended, since start
+
+    def offer(self, chunk: Chunk) -> None:
+        """The tail's hand-over (never waits): kept while little is queued."""
+        self._head = max(self._head, chunk.upto)
+        rows = sum(b.hi - b.lo for b in chunk.batches)
+        if self._queued_rows + rows <= MAX_QUEUED_ROWS:
+            self._chunks.append(chunk)
+            self._queued_rows += rows
+        self._wake.set()
+
+    def report(self) -> dict[str, Any]:
+        return {"connected": self.connected, "published_seq": self.published,
+                "head_seq": self._head, "entries": self.entries,
+                **self.outcome.report()}  # fmt: skip
+
+    async def run(self) -> None:
+        """Publish until cancelled; Redis going away is waited out, never fatal."""
+        wait = RETRY_SECONDS[0]
+        while True:
+            # One connection, never reconnected behind our back: a Redis that restarted
+            # empty must be noticed (its stream and series read anew), not written into.
+            client = aioredis.Redis.from_url(
+                self._url, socket_timeout=TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=TIMEOUT_SECONDS, single_connection_client=True)  # fmt: skip
+            try:
+                await self._start(client)
+                self.connected, wait = True, RETRY_SECONDS[0]
+                self.outcome.succeeded()
+                await self._publish(client)
+            except (RedisError, OSError) as exc:
+                self.connected = False
+                self.outcome.failed(exc)
+                log.debug("redis: %s", describe(exc))
+            finally:
+                await client.aclose()
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_SECONDS[1])
+
+    async def _start(self, client: aioredis.Redis) -> None:
+        """Where the stream stands: its top, or (empty, or of another database) the store's
+        last `maxlen` batches to publish."""
+        self._known.clear()  # what this Redis holds is read anew
+        epoch = _text(await client.get(self.epoch_key))
+        if epoch and epoch != self._epoch:
+            log.warning("redis stream %s holds another database's batches: replaced", self.stream)
+            await client.delete(self.stream, self.series_key)
+        await client.set(self.epoch_key, self._epoch)
+        top = await client.xrevrange(self.stream, count=1)
+        floor = await self._db.read(partial(_floor, head=self._head, batches=self._maxlen))
+        self.published = max(floor, entry_seq(top[0][0]) if top else 0)
+
+    async def _publish(self, client: aioredis.Redis) -> None:
+        while True:
+            while self.published < self._head:
+                batches, end = await self._next()
+                await self._append(client, batches)
+                self.published = end
+                self.outcome.succeeded()
+            self._wake.clear()
+            if self.published >= self._head:
+                await self._wake.wait()
+
+    async def _next(self) -> tuple[list[Batch], int]:
+        """The batches right after the stream's top: the tail's, or read from the store."""
+        while self._chunks and self._chunks[0].upto <= self.published:
+            self._drop()
+        if self._chunks and self._chunks[0].after == self.published:
+            chunk = self._drop()
+            return chunk.batches, chunk.upto
+        known = known_series(self._epoch)
+        read = partial(read_batches_after, after=self.published, head=self._head, known=known,
+                       limit=PAGE_BATCHES)  # fmt: skip
+        page = await self._db.read(read)
+        return page.batches, page.end
+
+    def _drop(self) -> Chunk:
+        chunk = self._chunks.popleft()
+        self._queued_rows -= sum(b.hi - b.lo for b in chunk.batches)
+        return chunk
+
+    async def _append(self, client: aioredis.Redis, batches: list[Batch]) -> None:
+        """One round trip: the series Redis lacks, then each batch (an id Redis already
+        has is refused, which is the point)."""
+        if not batches:
+            return
+        fresh: dict[int, bytes] = {}
+        for batch in batches:
+            for i in batch_series(batch):
+                if i not in self._known and i not in fresh:
+                    fresh[i] = series_bytes(batch.block.series[i])
+        async with client.pipeline(transaction=False) as pipe:
+            if fresh:
+                pipe.hset(self.series_key, mapping={str(i): v for i, v in fresh.items()})
+            for batch in batches:
+                pipe.xadd(self.stream, {"b": encode_batch(batch)}, id=f"{batch.last_seq}-0",
+                          maxlen=self._maxlen, approximate=True)  # fmt: skip
+            results = await pipe.execute(raise_on_error=False)
+        appended = results[1:] if fresh else results
+        for result in results:
+            if isinstance(result, Exception) and not _already_there(result):
+                raise result
+        self._known.update(fresh)
+        self.entries += sum(not isinstance(result, Exception) for result in appended)
+
+
+_FLOOR = """
+SELECT min(first) - 1 FROM (
+  SELECT min(seq) AS first FROM points WHERE seq <= $head
+  GROUP BY batch ORDER BY batch DESC LIMIT $batches)
+"""
+
+
+def _floor(cur: duckdb.DuckDBPyConnection, head: int, batches: int) -> int:
+    """The seq after which the store's last `batches` batches up to `head` lie."""
+    (found,) = cur.execute(_FLOOR, {"head": head, "batches": batches}).fetchall()[0]
+    return int(found) if found is not None else head
+
+
+def entry_seq(entry_id: bytes | str | None) -> int:
+    """The seq of an entry id (`<seq>-0`)."""
+    return int(_text(entry_id).partition("-")[0])
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else value or ""
+
+
+def _already_there(error: Exception) -> bool:
+    """Redis's refusal of an id not above the stream's top (published before)."""
+    return isinstance(error, ResponseError) and "equal or smaller" in str(error)
