@@ -25,6 +25,7 @@ from stream.history import page_json, read_batches_after
 from stream.hub import Hub, settings_tenant
 from stream.replay import ReplayGate, Ticket
 from stream.session import catch_up, enter_catch_up, error, open_session, sent
+from stream.wire import encode_page
 
 SSE_RETRY_MS = 3000
 
@@ -84,8 +85,25 @@ async def batches(request: Request, params: Annotated[BatchesParams, Query()]) -
     async with gate.read():
         page = await db.read(partial(read_batches_after, after=after, head=head, known=known,
                                      limit=params.limit))  # fmt: skip
-    body = await anyio.to_thread.run_sync(page_json, page, head, _filter(params), hub.epoch)
+    flt = _filter(params)
+    if _wants_msgpack(request):  # a gateway: the whole stream, by column
+        if flt != Filter():
+            return error_response(422, "the MessagePack form is the whole stream (for "
+                                  "gateways); filters are for the JSON form")  # fmt: skip
+        cursor = f"{hub.epoch}:{page.end}"
+        body = await anyio.to_thread.run_sync(encode_page, page.batches, cursor, page.end < head)
+        return Response(body, media_type=MSGPACK)
+    body = await anyio.to_thread.run_sync(page_json, page, head, flt, hub.epoch)
     return Response(body, media_type="application/json")
+
+
+MSGPACK = "application/msgpack"
+
+
+def _wants_msgpack(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return any(kind.split(";")[0].strip() in (MSGPACK, "application/x-msgpack")
+               for kind in accept.split(","))  # fmt: skip
 
 
 def _frame(item: Outgoing, epoch: str) -> bytes:

@@ -1,14 +1,15 @@
-"""Batches between processes (the Redis Stream's entries): a batch's rows with their
-deltas, by column, in MessagePack; the strings of its series apart, once per series
-(`series_bytes`), as the store keeps them.
+"""Batches between processes (the Redis Stream's entries, `/api/v1/batches` in
+MessagePack): rows with their deltas, by column, in MessagePack; the strings of their
+series apart (`series_bytes`: an entry names its series by id, the stream keeps their
+strings once in a hash; a page of `/api/v1/batches` carries them).
 
-An entry: `{"v", "batch", "seq", "seq_of", "ts_us", "series_id", "kinds", "kind",
-"value", "delta", "has_delta", "failures"}`, each column the raw little-endian bytes of
-its NumPy array (`kind` indexes `kinds`), a failed scrape `[ts_us, tenant_id, tool_id,
-source, error]`.
+Rows: `{"v", "seq_of", "batch_of", "ts_us", "series_id", "kinds", "kind", "value",
+"delta", "has_delta", "failures"}`, each column the raw little-endian bytes of its NumPy
+array (`kind` indexes `kinds`; `delta` means something only where `has_delta`), a failed
+scrape `[batch, ts_us, tenant_id, tool_id, source, error]`.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stream.batches import Batch, Block, ScrapeFailure, Series
+from stream.batches import Batch, Block, ScrapeFailure, Series, batches_of
 
 VERSION = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -29,23 +30,74 @@ class WireError(ValueError):
 
 def encode_batch(batch: Batch) -> bytes:
     """`batch` as an entry (its series by id only)."""
-    block, lo, hi = batch.block, batch.lo, batch.hi
-    kinds = pc.dictionary_encode(block.kind.slice(lo, hi - lo))
-    return msgspec.msgpack.encode({
+    return msgspec.msgpack.encode(rows_of([batch]))
+
+
+def decode_batch(data: bytes, series: Mapping[int, Series]) -> Batch:
+    """The batch of an entry; `series` holds (at least) each of its series."""
+    batches = batches_of_rows(msgspec.msgpack.decode(data), series)
+    if len(batches) != 1:
+        raise WireError(f"an entry holds one batch, not {len(batches)}")
+    return batches[0]
+
+
+def rows_of(batches: Sequence[Batch]) -> dict[str, Any]:
+    """The rows of `batches` (in seq order) by column, with their failed scrapes."""
+    runs: list[tuple[Block, int, int]] = []  # batches next to each other in a block: one run
+    for b in batches:
+        if runs and runs[-1][0] is b.block and runs[-1][2] == b.lo:
+            runs[-1] = (b.block, runs[-1][1], b.hi)
+        else:
+            runs.append((b.block, b.lo, b.hi))
+
+    def column(name: str, dtype: Any) -> bytes:
+        parts = [getattr(block, name)[lo:hi] for block, lo, hi in runs]
+        return _bytes(np.concatenate(parts) if parts else np.zeros(0, dtype), dtype)
+
+    kind = [block.kind.slice(lo, hi - lo) for block, lo, hi in runs]
+    kinds = pc.dictionary_encode(pa.concat_arrays(kind) if kind else pa.array([], pa.string()))
+    return {
         "v": VERSION,
-        "batch": batch.batch,
-        "seq": batch.last_seq,
-        "seq_of": _bytes(block.seq[lo:hi], np.int64),
-        "ts_us": _bytes(block.ts_us[lo:hi], np.int64),
-        "series_id": _bytes(block.series_id[lo:hi], np.int64),
+        "seq_of": column("seq", np.int64),
+        "batch_of": column("batch", np.int64),
+        "ts_us": column("ts_us", np.int64),
+        "series_id": column("series_id", np.int64),
         "kinds": kinds.dictionary.to_pylist(),
         "kind": _bytes(kinds.indices.to_numpy(zero_copy_only=False), np.int32),
-        "value": _bytes(block.value[lo:hi], np.float64),
-        "delta": _bytes(block.delta[lo:hi], np.float64),
-        "has_delta": _bytes(block.has_delta[lo:hi], np.bool_),
-        "failures": [[(f.ts - _EPOCH) // timedelta(microseconds=1), f.tenant_id, f.tool_id,
-                      f.source, f.error] for f in batch.failures],
-    })  # fmt: skip
+        "value": column("value", np.float64),
+        "delta": column("delta", np.float64),
+        "has_delta": column("has_delta", np.bool_),
+        "failures": [[f.batch, (f.ts - _EPOCH) // timedelta(microseconds=1), f.tenant_id,
+                      f.tool_id, f.source, f.error] for b in batches for f in b.failures],
+    }  # fmt: skip
+
+
+def batches_of_rows(rows: dict[str, Any], series: Mapping[int, Series]) -> list[Batch]:
+    """`rows_of`'s batches again, their rows in one block; `series` holds (at least)
+    each of their series."""
+    if rows.get("v") != VERSION:
+        raise WireError(f"an entry of version {rows.get('v')!r}; this reads {VERSION}")
+
+    def column(name: str, dtype: str) -> np.ndarray:
+        return np.frombuffer(rows[name], dtype).astype(dtype[1:])
+
+    kinds = pa.array(rows["kinds"], pa.string())
+    block = Block(
+        column("seq_of", "<i8"),
+        column("batch_of", "<i8"),
+        column("ts_us", "<i8"),
+        column("series_id", "<i8"),
+        kinds.take(pa.array(np.frombuffer(rows["kind"], "<i4"))),
+        column("value", "<f8"),
+        column("delta", "<f8"),
+        np.frombuffer(rows["has_delta"], np.bool_).copy(),
+        series if isinstance(series, dict) else dict(series),
+    )
+    failures: dict[int, list[ScrapeFailure]] = {}
+    for batch, ts, tenant, tool, source, error in rows["failures"]:
+        at = _EPOCH + timedelta(microseconds=ts)
+        failures.setdefault(batch, []).append(ScrapeFailure(batch, at, tenant, tool, source, error))
+    return batches_of(block, failures)
 
 
 def batch_series(batch: Batch) -> list[int]:
@@ -62,32 +114,26 @@ def decode_series(data: bytes) -> Series:
     return Series(tenant, tool, session, source, metric, tuple(tuple(p) for p in labels))
 
 
-def decode_batch(data: bytes, series: Mapping[int, Series]) -> Batch:
-    """The batch of an entry; `series` holds (at least) each of its series."""
-    entry: dict[str, Any] = msgspec.msgpack.decode(data)
-    if entry.get("v") != VERSION:
-        raise WireError(f"an entry of version {entry.get('v')!r}; this reads {VERSION}")
-    seq = np.frombuffer(entry["seq_of"], "<i8").astype(np.int64)
-    n = len(seq)
-    kinds = pa.array(entry["kinds"], pa.string())
-    block = Block(
-        seq,
-        np.full(n, entry["batch"], np.int64),
-        np.frombuffer(entry["ts_us"], "<i8").astype(np.int64),
-        np.frombuffer(entry["series_id"], "<i8").astype(np.int64),
-        kinds.take(pa.array(np.frombuffer(entry["kind"], "<i4"))),
-        np.frombuffer(entry["value"], "<f8").astype(np.float64),
-        np.frombuffer(entry["delta"], "<f8").astype(np.float64),
-        np.frombuffer(entry["has_delta"], np.bool_).copy(),
-        series if isinstance(series, dict) else dict(series),
-    )
-    failures = [
-        ScrapeFailure(entry["batch"], _EPOCH + timedelta(microseconds=ts), tenant, tool, source,
-                      error)
-        for ts, tenant, tool, source, error in entry["failures"]
-    ]  # fmt: skip
-    return Batch(entry["batch"], entry["seq"], block, 0, n, failures)
-
-
 def _bytes(values: np.ndarray, dtype: Any) -> bytes:
     return np.ascontiguousarray(values, np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def encode_page(batches: Sequence[Batch], cursor: str, more: bool) -> bytes:
+    """A page of `/api/v1/batches` in MessagePack: its rows, their series' strings, and
+    where the next page starts."""
+    info: dict[int, Series] = {}
+    for b in batches:
+        for i in batch_series(b):
+            info.setdefault(i, b.block.series[i])
+    series = [[i, *s[:5], [list(pair) for pair in s.labels]] for i, s in info.items()]
+    return msgspec.msgpack.encode(
+        {"rows": rows_of(batches), "series": series, "cursor": cursor, "more": more}
+    )
+
+
+def decode_page(data: bytes) -> tuple[list[Batch], str, bool]:
+    """`encode_page`'s batches, cursor and `more` again."""
+    page: dict[str, Any] = msgspec.msgpack.decode(data)
+    series = {i: Series(tenant, tool, session, source, metric, tuple(tuple(p) for p in labels))
+              for i, tenant, tool, session, source, metric, labels in page["series"]}  # fmt: skip
+    return batches_of_rows(page["rows"], series), page["cursor"], page["more"]

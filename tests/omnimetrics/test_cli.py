@@ -61,6 +61,23 @@ def test_bad_retention_settings_exit_2(tmp_path: Path, env: dict[str, str], need
     assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--redis-url", "localhost:6379"], {}, "redis_url"),
+        ([], {"OMNIMETRICS_REDIS_URL": "http://127.0.0.1:6379"}, "redis_url"),
+        ([], {"OMNIMETRICS_REDIS_MAXLEN": "0"}, "redis_maxlen"),
+        ([], {"OMNIMETRICS_REDIS_PREFIX": "a b"}, "redis_prefix"),
+    ],
+)
+def test_bad_redis_settings_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], needle: str
+) -> None:
+    result = run_cli("serve", *args, env={**env, "OMNIMETRICS_DB": str(tmp_path / "x")})
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr
+
+
 def test_bad_environment_twin_exits_2(tmp_path: Path) -> None:
     result = run_cli(
         "serve", env={"OMNIMETRICS_PORT": "nope", "OMNIMETRICS_DB": str(tmp_path / "x")}

@@ -16,10 +16,12 @@ from omnimetrics.settings import Config, Settings, SourceConfig
 from schemas.auth import issue
 from schemas.db import Database
 from schemas.labels import canonical, text_form
+from schemas.nested import json_value
 from schemas.rows import SampleRow
 from schemas.signals import AppendSignal
 from stream.batches import KnownSeries, read_batches
 from stream.history import read_batches_after
+from stream.wire import decode_page
 from tests.helpers import Reply, Upstream, serve, wait_for
 from tests.stream.conftest import recv_type
 
@@ -114,6 +116,19 @@ async def test_batches_are_what_the_stream_carries_in_order_and_paged(tmp_path: 
             one = (await http.get("/api/v1/batches", params=params)).json()
             assert one["batches"] == [] and one["more"] is True
             assert one["cursor"] == f"{epoch}:{seqs[0]}"
+            # For gateways, the same batches by column (MessagePack); no filter there.
+            packed = await http.get("/api/v1/batches", headers={"Accept": "application/msgpack"})
+            assert packed.headers["content-type"] == "application/msgpack"
+            batches, cursor, more = decode_page(packed.content)
+            assert (cursor, more) == (whole["cursor"], False)
+            assert [b.last_seq for b in batches] == seqs
+            assert [(r.seq, json_value(r.value), None if r.delta is None else json_value(r.delta))
+                    for b in batches for r in b.rows] == [
+                (r["seq"], r["value"], r["delta"]) for b in whole["batches"] for r in b["rows"]
+            ]  # fmt: skip
+            refused = await http.get("/api/v1/batches", params={"tenant_id": "acme"},
+                                     headers={"Accept": "application/x-msgpack"})  # fmt: skip
+            assert refused.status_code == 422 and "JSON" in refused.json()["error"]
             code = {"labels": '{"code": "200"}'}
             labeled = (await http.get("/api/v1/batches", params=code)).json()
             assert [b["seq"] for b in labeled["batches"]] == [seqs[3], seqs[5]]

@@ -18,8 +18,10 @@ from stream.wire import (
     WireError,
     batch_series,
     decode_batch,
+    decode_page,
     decode_series,
     encode_batch,
+    encode_page,
     series_bytes,
 )
 
@@ -63,3 +65,30 @@ async def test_a_batch_through_the_wire_is_the_batch_it_was(tmp_path: Path) -> N
 def test_an_entry_of_another_version_is_refused_by_name() -> None:
     with pytest.raises(WireError, match="version 2"):
         decode_batch(msgspec.msgpack.encode({"v": 2}), {})
+
+
+async def test_a_page_through_the_wire_is_the_page_it_was(tmp_path: Path) -> None:
+    """Many batches, in one block or several (the live tail's, a page's), as one page."""
+    db = Database(tmp_path / "p.duckdb")
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    for b in range(6):
+        ts = T0 + timedelta(seconds=b)
+        await writer.append(
+            [SampleRow(ts, "local", None, None, "src", f"m{i}", "counter", float(b + i),
+                       to_json((("k", str(i)),)) if i % 2 else "{}") for i in range(b + 1)],
+            [ScrapeRow(ts, "local", None, "other", False, 1.0, f"down {b}")] if b == 3 else [],
+        )  # fmt: skip
+    await writer.close()
+    cur = db.cursor()
+    together = read_batches(cur, 0, 21, KnownSeries())
+    apart = read_batches(cur, 0, 6, KnownSeries()) + read_batches(cur, 6, 21, KnownSeries())
+    db.close()
+    for batches in (together, apart, together[2:3], []):
+        got, cursor, more = decode_page(encode_page(batches, "ep:21", True))
+        assert (cursor, more) == ("ep:21", True)
+        assert [(b.batch, b.last_seq, b.failures) for b in got] == [
+            (b.batch, b.last_seq, b.failures) for b in batches
+        ]
+        assert [r for b in got for r in b.rows] == [r for b in batches for r in b.rows]
+        assert encode_batches(got, Filter(), "ep") == encode_batches(batches, Filter(), "ep")
