@@ -13,10 +13,14 @@ database epoch is kept in `<prefix>:epoch`: a stream of another database is drop
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 import duckdb
+import httpx
+import msgspec
+import numpy as np
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -24,9 +28,16 @@ from redis.exceptions import RedisError, ResponseError
 
 from schemas.db import Database
 from schemas.outcomes import Outcome, describe
-from stream.batches import Batch, known_series
+from stream.batches import Batch, Series, known_series
 from stream.history import read_batches_after
-from stream.wire import batch_series, encode_batch, series_bytes
+from stream.wire import (
+    batch_series,
+    batches_of_rows,
+    decode_page,
+    decode_series,
+    encode_batch,
+    series_bytes,
+)
 
 log = logging.getLogger("omnimetrics.stream")
 
@@ -34,6 +45,9 @@ MAX_QUEUED_ROWS = 200_000  # handed over by the tail; past this, read again from
 PAGE_BATCHES = 1_000  # batches a store read gives at most
 RETRY_SECONDS = (0.2, 5.0)  # first and longest wait between attempts to reach Redis
 TIMEOUT_SECONDS = 5.0
+READ_COUNT = 500  # entries a gateway reads at once
+BLOCK_SECONDS = 1.0  # how long a read waits for new entries
+MAX_SERIES = 200_000  # series strings a gateway keeps
 
 
 class Chunk(NamedTuple):
@@ -200,3 +214,127 @@ def _text(value: bytes | str | None) -> str:
 def _already_there(error: Exception) -> bool:
     """Redis's refusal of an id not above the stream's top (published before)."""
     return isinstance(error, ResponseError) and "equal or smaller" in str(error)
+
+
+Fill = Callable[[int], Awaitable[tuple[list[Batch], int, bool]]]  # after -> batches, end, more
+Deliver = Callable[[list[Batch], int], None]  # batches, and the seq they reach
+
+
+class RedisReader:
+    """A gateway's tail: the stream's entries after `position`, each decoded once and handed
+    on in seq order (`deliver`: a hub's dispatch). Series strings come from the hash, each
+    read once. An entry that does not follow the position (the stream was trimmed past it,
+    or Redis lost it and the writer republished only its last batches) comes after the
+    batches between, from `fill` (the writer's `/api/v1/batches`): no gap, no duplicate."""
+
+    def __init__(
+        self,
+        url: str,
+        position: int,
+        deliver: Deliver,
+        fill: Fill,
+        prefix: str = "omnimetrics",
+        max_series: int = MAX_SERIES,
+    ) -> None:
+        self.stream, self.series_key = f"{prefix}:batches", f"{prefix}:series"
+        self._url = url
+        self.position = position
+        self._deliver = deliver
+        self._fill = fill
+        self._series: dict[int, Series] = {}
+        self._max_series = max_series
+        self.connected = False
+        self.filled = 0  # batches taken from the writer, since start
+        self.outcome = Outcome("reading the Redis stream")
+
+    async def run(self) -> None:
+        """Read until cancelled; Redis or the writer going away is waited out."""
+        wait = RETRY_SECONDS[0]
+        while True:
+            client = aioredis.Redis.from_url(
+                self._url, socket_timeout=TIMEOUT_SECONDS + BLOCK_SECONDS,
+                socket_connect_timeout=TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0),
+                single_connection_client=True)  # fmt: skip
+            try:
+                await client.ping()
+                self.connected, wait = True, RETRY_SECONDS[0]
+                self.outcome.succeeded()
+                await self._read(client)
+            except (RedisError, OSError, FillFailed) as exc:
+                self.connected = False
+                self.outcome.failed(exc)
+            finally:
+                await client.aclose()
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_SECONDS[1])
+
+    async def _read(self, client: aioredis.Redis) -> None:
+        while True:
+            after: dict[Any, Any] = {self.stream: f"{self.position}-0"}
+            block = int(BLOCK_SECONDS * 1000)
+            found: Any = await client.xread(after, count=READ_COUNT, block=block)
+            for _, entries in found or ():
+                for entry_id, fields in entries:
+                    if entry_seq(entry_id) <= self.position:
+                        continue
+                    batch = await self._decoded(client, fields[b"b"])
+                    if int(batch.block.seq[batch.lo]) > self.position + 1:
+                        await self._fill_to(int(batch.block.seq[batch.lo]) - 1)
+                    if batch.last_seq > self.position:
+                        self._deliver([batch], batch.last_seq)
+                        self.position = batch.last_seq
+
+    async def _fill_to(self, upto: int) -> None:
+        """The batches after the position up to (at least) `upto`, from the writer."""
+        while self.position < upto:
+            batches, end, more = await self._fill(self.position)
+            if end <= self.position:
+                return  # the writer has nothing there (seqs a failed write never used)
+            self.filled += len(batches)
+            self._deliver(batches, end)
+            self.position = end
+            if not more:
+                return
+
+    async def _decoded(self, client: aioredis.Redis, data: bytes) -> Batch:
+        rows: dict[str, Any] = msgspec.msgpack.decode(data)
+        ids = [int(i) for i in np.unique(np.frombuffer(rows["series_id"], "<i8"))]
+        missing = [i for i in ids if i not in self._series]
+        if missing:
+            if len(self._series) + len(missing) > self._max_series:
+                self._series = {}  # a new map (blocks handed out keep theirs)
+                missing = ids
+            found: list[bytes | None] = await client.hmget(  # type: ignore[assignment]
+                self.series_key, [str(i) for i in missing]
+            )
+            fresh = dict(self._series)
+            for i, value in zip(missing, found, strict=True):
+                if value is None:
+                    raise FillFailed(f"series {i} is not in {self.series_key}")
+                fresh[i] = decode_series(value)
+            self._series = fresh
+        (batch,) = batches_of_rows(rows, self._series)
+        return batch
+
+
+class FillFailed(Exception):
+    """What a gateway needs is not there (the writer did not answer, a series is unknown)."""
+
+
+def writer_fill(http: httpx.AsyncClient, epoch: str, limit: int = PAGE_BATCHES) -> Fill:
+    """`RedisReader`'s fill from the writer: `/api/v1/batches` in MessagePack, on `http`
+    (an `httpx.AsyncClient` on the writer's URL, with its credential if auth is on)."""
+
+    async def fill(after: int) -> tuple[list[Batch], int, bool]:
+        params: dict[str, str | int] = {"since": f"{epoch}:{after}", "limit": limit}
+        try:
+            response = await http.get("/api/v1/batches", params=params,
+                                      headers={"Accept": "application/msgpack"})  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise FillFailed(f"the writer did not answer: {describe(exc)}") from exc
+        if response.status_code != 200:
+            raise FillFailed(f"the writer answered {response.status_code}: {response.text[:200]}")
+        batches, cursor, more = decode_page(response.content)
+        return batches, int(cursor.rpartition(":")[2]), more
+
+    return fill
