@@ -307,12 +307,10 @@ class RedisReader:
             found: list[bytes | None] = await client.hmget(  # type: ignore[assignment]
                 self.series_key, [str(i) for i in missing]
             )
-            fresh = dict(self._series)
             for i, value in zip(missing, found, strict=True):
                 if value is None:
                     raise FillFailed(f"series {i} is not in {self.series_key}")
-                fresh[i] = decode_series(value)
-            self._series = fresh
+                self._series[i] = decode_series(value)  # only added to: blocks share it
         (batch,) = batches_of_rows(rows, self._series)
         return batch
 

@@ -80,16 +80,16 @@ async def batches(request: Request, params: Annotated[BatchesParams, Query()]) -
         except BadCursor as exc:
             reason = str(exc).split(";")[0]  # not "starting from now": nothing starts here
             return error_response(422, f"since: {reason} (this database's epoch is {hub.epoch})")
+    flt, packed = _filter(params), _wants_msgpack(request)
+    if packed and flt != Filter():
+        return error_response(422, "the MessagePack form is the whole stream (for gateways); "
+                              "filters are for the JSON form")  # fmt: skip
     gate = cast(ReplayGate, request.state.replay)
     known = known_series(hub.epoch)
     async with gate.read():
         page = await db.read(partial(read_batches_after, after=after, head=head, known=known,
                                      limit=params.limit))  # fmt: skip
-    flt = _filter(params)
-    if _wants_msgpack(request):  # a gateway: the whole stream, by column
-        if flt != Filter():
-            return error_response(422, "the MessagePack form is the whole stream (for "
-                                  "gateways); filters are for the JSON form")  # fmt: skip
+    if packed:  # a gateway: the whole stream, by column
         cursor = f"{hub.epoch}:{page.end}"
         body = await anyio.to_thread.run_sync(encode_page, page.batches, cursor, page.end < head)
         return Response(body, media_type=MSGPACK)
