@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/omnimetrics serve --demo
 
-# Chromium, Node.js and Prometheus for the browser, JavaScript and /metrics tests (installed if missing).
+# Chromium, Node.js, Prometheus and Redis for the browser, JavaScript, /metrics and Redis Stream tests (installed if missing).
 system-packages:
 	./scripts/system-packages.sh
 
