@@ -288,7 +288,7 @@ def create_app(
             stack.callback(gc.unfreeze)
             replay = ReplayGate(settings.max_replay_reads, settings.max_replaying_clients)
             stages = StageMetrics(Stages(collector, jobs, writer, hub, replay, outcomes,
-                                         str(db.path)))  # fmt: skip
+                                         str(db.path), publisher))  # fmt: skip
             metrics.registry.register(stages)
             stack.callback(metrics.registry.unregister, stages)
             yield {"db": db, "writer": writer, "collector": collector, "signal": signal,

@@ -25,6 +25,7 @@ from ingest.writer import Writer
 from schemas.models import NoParams
 from schemas.outcomes import Outcome
 from stream.hub import Hub
+from stream.redis_stream import RedisPublisher
 from stream.replay import ReplayGate
 
 router = APIRouter()
@@ -102,6 +103,7 @@ class Stages:
     replay: ReplayGate
     outcomes: Mapping[str, Outcome]
     db_path: str
+    publisher: RedisPublisher | None = None
 
 
 class StageMetrics(MetricsCollector):
@@ -131,6 +133,8 @@ class StageMetrics(MetricsCollector):
             failing.add_metric([name], float(outcome.error is not None))
         yield from (runs, failures, failing)
         yield from _files(s.db_path)
+        if s.publisher is not None:
+            yield from _publisher(s.publisher)
 
     def _sources(self, collector: Collector) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -231,3 +235,15 @@ async def metrics(request: Request, params: Annotated[NoParams, Query()]) -> Res
     """The Prometheus text exposition of the app's registry."""
     registry = cast(Metrics, request.state.metrics).registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _publisher(publisher: RedisPublisher) -> Iterator[Metric]:
+    """The Redis Stream's publisher (`serve --redis-url`)."""
+    yield GaugeMetricFamily(f"{PREFIX}redis_connected", "1 while the publisher reaches Redis.",
+                            value=float(publisher.connected))  # fmt: skip
+    yield GaugeMetricFamily(f"{PREFIX}redis_published_seq", "The Redis stream's top, as the "
+                            "publisher knows it.", value=publisher.published)  # fmt: skip
+    yield GaugeMetricFamily(f"{PREFIX}redis_unpublished_seqs", "Seqs committed and not yet in "
+                            "the Redis stream.", value=publisher.behind)  # fmt: skip
+    yield CounterMetricFamily(f"{PREFIX}redis_entries", "Entries appended to the Redis stream.",
+                              value=publisher.entries)  # fmt: skip

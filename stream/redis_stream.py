@@ -94,6 +94,11 @@ class RedisPublisher:
             self._queued_rows += rows
         self._wake.set()
 
+    @property
+    def behind(self) -> int:
+        """Seqs committed and not yet in the stream."""
+        return max(0, self._head - self.published)
+
     def report(self) -> dict[str, Any]:
         return {"connected": self.connected, "published_seq": self.published,
                 "head_seq": self._head, "entries": self.entries,

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
@@ -51,6 +52,16 @@ def _entries(url: str) -> list[tuple[int, Any]]:
         client.close()
 
 
+def _metrics(http: httpx.Client) -> dict[str, float]:
+    """`/metrics`' samples by name and labels, as prometheus-client's parser reads them."""
+    out = {}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
 def _seqs(url: str) -> list[int]:
     try:
         client = redis.Redis.from_url(url)
@@ -86,7 +97,13 @@ def test_every_committed_batch_is_one_entry_with_its_rows_and_deltas(
             seqs = [_push(http, i) for i in range(40)]
             wait_for(lambda: _seqs(redis_server.url) == seqs)
             health = http.get("/health").json()
+            metrics = _metrics(http)
     assert health["status"] == "healthy" and health["publisher"]["connected"] is True
+    assert metrics["omnimetrics_redis_connected"] == 1
+    assert metrics["omnimetrics_redis_entries_total"] == len(seqs)
+    assert metrics["omnimetrics_redis_published_seq"] == seqs[-1]
+    assert metrics["omnimetrics_redis_unpublished_seqs"] == 0
+    assert metrics['omnimetrics_job_failing{job="publish"}'] == 0
     assert health["publisher"]["published_seq"] == seqs[-1]
     client = redis.Redis.from_url(redis_server.url)
     epoch = client.get(EPOCH)
@@ -115,6 +132,10 @@ def test_publishing_waits_out_redis_down_paused_and_restarted_empty(tmp_path: Pa
                 )
                 assert any("Redis" in reason for reason in health["reasons"]), health["reasons"]
                 assert health["publisher"]["connected"] is False
+                down = wait_for(lambda: (m := _metrics(http))[
+                    "omnimetrics_redis_unpublished_seqs"] == seqs[-1] and m)  # fmt: skip
+                assert down["omnimetrics_redis_connected"] == 0
+                assert down['omnimetrics_job_failing{job="publish"}'] == 1
                 # Up: everything the store has is published, once, in order.
                 redis_server.start()
                 wait_for(lambda: _seqs(redis_server.url) == seqs, timeout=20)
