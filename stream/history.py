@@ -19,7 +19,6 @@ from stream.batches import Batch, KnownSeries, batch_end, read_batches
 from stream.encode import Filter
 
 DEFAULT_LIMIT = 1_000
-MAX_LIMIT = 10_000
 MAX_PAGE_ROWS = 100_000
 
 _BATCH_LASTS = """
