@@ -31,9 +31,14 @@ def number(value: float) -> float | int:
     return int(value) if value.is_integer() and abs(value) < 2**53 else value
 
 
+def nests(metric: str) -> bool:
+    """Whether `put` puts `metric` below its first level (a dotted name without labels)."""
+    return "." in metric and "{" not in metric
+
+
 def put(tree: dict[str, Any], metric: str, value: object) -> None:
     """`a.b.c` → tree["a"]["b"]["c"]; a name with labels (`x{k="a.b"}`) stays whole."""
-    if "." not in metric or "{" in metric:  # most names: one level (as the loop below does)
+    if not nests(metric):  # most names: one level (as the loop below does)
         tree[metric] = value
         return
     parts = metric.split(".")

@@ -7,6 +7,7 @@ gets on catching up are the same messages.
 """
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -87,7 +88,7 @@ class Block:
         return len(self.seq)
 
     def time(self, i: int) -> datetime:
-        return _time(int(self.ts_us[i]))
+        return time_of(int(self.ts_us[i]))
 
     def rows(self, lo: int = 0, hi: int | None = None) -> list[Row]:
         hi = len(self) if hi is None else hi
@@ -95,7 +96,7 @@ class Block:
         kinds = self.kind.slice(lo, hi - lo).to_pylist()
         for i, kind in zip(range(lo, hi), kinds, strict=True):
             s = self.series[int(self.series_id[i])]
-            out.append(Row(int(self.seq[i]), int(self.batch[i]), _time(int(self.ts_us[i])),
+            out.append(Row(int(self.seq[i]), int(self.batch[i]), time_of(int(self.ts_us[i])),
                            int(self.series_id[i]), *s[:5], s.labels, kind,
                            float(self.value[i]),
                            float(self.delta[i]) if self.has_delta[i] else None))  # fmt: skip
@@ -107,7 +108,7 @@ class Block:
         return cls(
             np.array([r.seq for r in rows], np.int64),
             np.array([r.batch for r in rows], np.int64),
-            np.array([(r.ts - _EPOCH) // timedelta(microseconds=1) for r in rows], np.int64),
+            np.array([us_of(r.ts) for r in rows], np.int64),
             np.array([r.series_id for r in rows], np.int64),
             pa.array([r.kind for r in rows], pa.string()),
             np.array([r.value for r in rows], np.float64),
@@ -117,8 +118,27 @@ class Block:
         )
 
 
-def _time(us: int) -> datetime:
+def time_of(us: int) -> datetime:
+    """A time of microseconds since the epoch (a block's `ts_us`)."""
     return _EPOCH + timedelta(microseconds=us)
+
+
+def us_of(ts: datetime) -> int:
+    """Microseconds since the epoch of an aware time."""
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def runs_of(batches: Sequence["Batch"]) -> list[tuple[int, int]]:
+    """`batches` (in seq order) as runs [i, j) of batches that lie next to each other in
+    one block, so each run is one slice of its block."""
+    runs, i = [], 0
+    while i < len(batches):
+        block, j = batches[i].block, i + 1
+        while j < len(batches) and batches[j].block is block and batches[j].lo == batches[j - 1].hi:
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
 
 
 class ScrapeFailure(NamedTuple):

@@ -25,7 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.nested import from_json_number, json_value, put
+from schemas.nested import from_json_number, json_value, nests, put
 from schemas.times import rfc3339
 from stream.batches import Block, Series
 
@@ -106,16 +106,16 @@ def flat_template(series: list[Series], has_delta: list[bool]) -> Template | Non
     metrics = [s.metric for s in series]
     if "up" in metrics or len(set(zip(sources, metrics, strict=True))) < len(series):
         return None
-    if any("." in m and "{" not in m for m in metrics):  # `put` would nest it
+    if any(nests(m) for m in metrics):
         return None
     keys = [_key(m) for m in metrics]
     rows = list(range(len(series)))
     data = _flat_pieces(rows, sources, keys)
     deltas = _flat_pieces([r for r in rows if has_delta[r]], sources, keys)
-    pieces = [f'"data":{data[0][0]}', *data[0][1:-1], f'{data[0][-1]},"deltas":{deltas[0][0]}',
-              *deltas[0][1:-1], deltas[0][-1] + "}"]  # fmt: skip
-    if not deltas[1]:  # `"deltas":{}`: the two pieces around it are one
-        pieces = [f'"data":{data[0][0]}', *data[0][1:-1], f'{data[0][-1]},"deltas":{{}}}}']
+    pieces: list[str] = ['"data":']
+    for text in (data[0], [',"deltas":'], deltas[0], ["}"]):  # each: the text around slots
+        pieces[-1] += text[0]
+        pieces += text[1:]
     return Template(
         pa.array(pieces, pa.string()),
         np.array([VALUE] * len(data[1]) + [DELTA] * len(deltas[1]), np.int64),

@@ -10,7 +10,7 @@ from schemas.labels import Labels
 from schemas.labels import matches as label_matches
 from schemas.nested import from_json_number, json_value
 from schemas.times import rfc3339
-from stream.batches import Batch, Series
+from stream.batches import Batch, Series, runs_of
 from stream.columns import metrics_texts
 
 
@@ -80,19 +80,14 @@ def encode_batches(batches: Sequence[Batch], flt: Filter, epoch: str) -> list[li
     out = [[Outgoing("error", e.decode()) for e in error_messages(b, flt)] for b in batches]
     passes = None if flt == Filter() else flt.passes
     described = flt.described()
-    i = 0
-    while i < len(batches):
-        block, j = batches[i].block, i + 1
-        while j < len(batches) and batches[j].block is block and batches[j].lo == batches[j - 1].hi:
-            j += 1
-        run = batches[i:j]
+    for i, j in runs_of(batches):
+        block, run = batches[i].block, batches[i:j]
         starts = np.array([b.lo for b in run], np.int64)
         ends = np.array([b.hi for b in run], np.int64)
         texts = metrics_texts(block, starts, ends, passes, described, epoch)
         for messages, batch, text in zip(out[i:j], run, texts, strict=True):
             if text is not None:
                 messages.append(Outgoing("metrics", text, batch.last_seq))
-        i = j
     return out
 
 

@@ -27,7 +27,7 @@ GROUP BY batch ORDER BY batch LIMIT $limit
 """
 
 
-class Page(NamedTuple):
+class BatchesPage(NamedTuple):
     batches: list[Batch]
     end: int  # the seq the next page starts after (a batch boundary)
 
@@ -39,11 +39,11 @@ def read_batches_after(
     known: KnownSeries,
     limit: int = DEFAULT_LIMIT,
     max_rows: int = MAX_PAGE_ROWS,
-) -> Page:
+) -> BatchesPage:
     """The page after seq `after` up to `head` (a batch boundary the stream has reached)."""
     probe = min(after + max_rows, head)
     if probe <= after:
-        return Page([], after)
+        return BatchesPage([], after)
     lasts = [last for (last,) in cur.execute(
         _BATCH_LASTS, {"after": after, "probe": probe, "limit": limit + 1}).fetchall()]  # fmt: skip
     if len(lasts) > limit:
@@ -54,10 +54,10 @@ def read_batches_after(
         end = batch_end(cur, probe)
         if end > probe and len(lasts) > 1:
             end = lasts[-2]
-    return Page(read_batches(cur, after, end, known), end)
+    return BatchesPage(read_batches(cur, after, end, known), end)
 
 
-def page_json(page: Page, head: int, flt: Filter, epoch: str) -> bytes:
+def page_json(page: BatchesPage, head: int, flt: Filter, epoch: str) -> bytes:
     """The page as the route answers it."""
     batches = [out for out in (_batch(b, flt, epoch) for b in page.batches) if out is not None]
     return orjson.dumps(

@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import duckdb
 import httpx
@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from schemas.db import Database
 from schemas.outcomes import Outcome, describe
-from stream.batches import Batch, Series, known_series
+from stream.batches import MAX_SERIES, Batch, Series, known_series
 from stream.history import read_batches_after
 from stream.wire import (
     batch_series,
@@ -47,7 +47,6 @@ RETRY_SECONDS = (0.2, 5.0)  # first and longest wait between attempts to reach R
 TIMEOUT_SECONDS = 5.0
 READ_COUNT = 500  # entries a gateway reads at once
 BLOCK_SECONDS = 1.0  # how long a read waits for new entries
-MAX_SERIES = 200_000  # series strings a gateway keeps
 
 
 class Chunk(NamedTuple):
@@ -56,6 +55,10 @@ class Chunk(NamedTuple):
     after: int
     upto: int
     batches: list[Batch]
+
+    @property
+    def rows(self) -> int:
+        return sum(b.hi - b.lo for b in self.batches)
 
 
 class RedisPublisher:
@@ -88,10 +91,9 @@ class RedisPublisher:
     def offer(self, chunk: Chunk) -> None:
         """The tail's hand-over (never waits): kept while little is queued."""
         self._head = max(self._head, chunk.upto)
-        rows = sum(b.hi - b.lo for b in chunk.batches)
-        if self._queued_rows + rows <= MAX_QUEUED_ROWS:
+        if self._queued_rows + chunk.rows <= MAX_QUEUED_ROWS:
             self._chunks.append(chunk)
-            self._queued_rows += rows
+            self._queued_rows += chunk.rows
         self._wake.set()
 
     @property
@@ -106,26 +108,7 @@ class RedisPublisher:
 
     async def run(self) -> None:
         """Publish until cancelled; Redis going away is waited out, never fatal."""
-        wait = RETRY_SECONDS[0]
-        while True:
-            # One connection, never reconnected behind our back: a Redis that restarted
-            # empty must be noticed (its stream and series read anew), not written into.
-            client = aioredis.Redis.from_url(
-                self._url, socket_timeout=TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0),
-                socket_connect_timeout=TIMEOUT_SECONDS, single_connection_client=True)  # fmt: skip
-            try:
-                await self._start(client)
-                self.connected, wait = True, RETRY_SECONDS[0]
-                self.outcome.succeeded()
-                await self._publish(client)
-            except (RedisError, OSError) as exc:
-                self.connected = False
-                self.outcome.failed(exc)
-                log.debug("redis: %s", describe(exc))
-            finally:
-                await client.aclose()
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, RETRY_SECONDS[1])
+        await _connected(self._url, TIMEOUT_SECONDS, self._start, self._publish, self)
 
     async def _start(self, client: aioredis.Redis) -> None:
         """Where the stream stands: its top, or (empty, or of another database) the store's
@@ -166,7 +149,7 @@ class RedisPublisher:
 
     def _drop(self) -> Chunk:
         chunk = self._chunks.popleft()
-        self._queued_rows -= sum(b.hi - b.lo for b in chunk.batches)
+        self._queued_rows -= chunk.rows
         return chunk
 
     async def _append(self, client: aioredis.Redis, batches: list[Batch]) -> None:
@@ -254,24 +237,7 @@ class RedisReader:
 
     async def run(self) -> None:
         """Read until cancelled; Redis or the writer going away is waited out."""
-        wait = RETRY_SECONDS[0]
-        while True:
-            client = aioredis.Redis.from_url(
-                self._url, socket_timeout=TIMEOUT_SECONDS + BLOCK_SECONDS,
-                socket_connect_timeout=TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0),
-                single_connection_client=True)  # fmt: skip
-            try:
-                await client.ping()
-                self.connected, wait = True, RETRY_SECONDS[0]
-                self.outcome.succeeded()
-                await self._read(client)
-            except (RedisError, OSError, FillFailed) as exc:
-                self.connected = False
-                self.outcome.failed(exc)
-            finally:
-                await client.aclose()
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, RETRY_SECONDS[1])
+        await _connected(self._url, TIMEOUT_SECONDS + BLOCK_SECONDS, _ping, self._read, self)
 
     async def _read(self, client: aioredis.Redis) -> None:
         while True:
@@ -318,6 +284,42 @@ class RedisReader:
                 self._series[i] = decode_series(value)  # only added to: blocks share it
         (batch,) = batches_of_rows(rows, self._series)
         return batch
+
+
+class _Link(Protocol):
+    connected: bool
+    outcome: Outcome
+
+
+Work = Callable[[aioredis.Redis], Awaitable[None]]
+
+
+async def _connected(url: str, read_seconds: float, start: Work, work: Work, link: _Link) -> None:
+    """`start` then `work` on one connection to Redis, and again on a new one whenever
+    Redis fails (waiting longer each time, up to RETRY_SECONDS[1]), until cancelled. One
+    connection, never reconnected behind the caller's back: a Redis that restarted empty
+    must be noticed (its stream and series read anew), not written into as before."""
+    wait = RETRY_SECONDS[0]
+    while True:
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=read_seconds, socket_connect_timeout=TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0), single_connection_client=True)  # fmt: skip
+        try:
+            await start(client)
+            link.connected, wait = True, RETRY_SECONDS[0]
+            link.outcome.succeeded()
+            await work(client)
+        except (RedisError, OSError, FillFailed) as exc:
+            link.connected = False
+            link.outcome.failed(exc)
+        finally:
+            await client.aclose()
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, RETRY_SECONDS[1])
+
+
+async def _ping(client: aioredis.Redis) -> None:
+    await client.ping()
 
 
 class FillFailed(Exception):

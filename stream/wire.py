@@ -10,7 +10,6 @@ scrape `[batch, ts_us, tenant_id, tool_id, source, error]`.
 """
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -18,10 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stream.batches import Batch, Block, ScrapeFailure, Series, batches_of
+from stream.batches import Batch, Block, ScrapeFailure, Series, batches_of, runs_of, time_of, us_of
 
 VERSION = 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class WireError(ValueError):
@@ -43,12 +41,7 @@ def decode_batch(data: bytes, series: Mapping[int, Series]) -> Batch:
 
 def rows_of(batches: Sequence[Batch]) -> dict[str, Any]:
     """The rows of `batches` (in seq order) by column, with their failed scrapes."""
-    runs: list[tuple[Block, int, int]] = []  # batches next to each other in a block: one run
-    for b in batches:
-        if runs and runs[-1][0] is b.block and runs[-1][2] == b.lo:
-            runs[-1] = (b.block, runs[-1][1], b.hi)
-        else:
-            runs.append((b.block, b.lo, b.hi))
+    runs = [(batches[i].block, batches[i].lo, batches[j - 1].hi) for i, j in runs_of(batches)]
 
     def column(name: str, dtype: Any) -> bytes:
         parts = [getattr(block, name)[lo:hi] for block, lo, hi in runs]
@@ -67,8 +60,8 @@ def rows_of(batches: Sequence[Batch]) -> dict[str, Any]:
         "value": column("value", np.float64),
         "delta": column("delta", np.float64),
         "has_delta": column("has_delta", np.bool_),
-        "failures": [[f.batch, (f.ts - _EPOCH) // timedelta(microseconds=1), f.tenant_id,
-                      f.tool_id, f.source, f.error] for b in batches for f in b.failures],
+        "failures": [[f.batch, us_of(f.ts), f.tenant_id, f.tool_id, f.source, f.error]
+                     for b in batches for f in b.failures],
     }  # fmt: skip
 
 
@@ -95,8 +88,8 @@ def batches_of_rows(rows: dict[str, Any], series: Mapping[int, Series]) -> list[
     )
     failures: dict[int, list[ScrapeFailure]] = {}
     for batch, ts, tenant, tool, source, error in rows["failures"]:
-        at = _EPOCH + timedelta(microseconds=ts)
-        failures.setdefault(batch, []).append(ScrapeFailure(batch, at, tenant, tool, source, error))
+        failure = ScrapeFailure(batch, time_of(ts), tenant, tool, source, error)
+        failures.setdefault(batch, []).append(failure)
     return batches_of(block, failures)
 
 
@@ -106,11 +99,19 @@ def batch_series(batch: Batch) -> list[int]:
 
 
 def series_bytes(series: Series) -> bytes:
-    return msgspec.msgpack.encode([*series[:5], [list(pair) for pair in series.labels]])
+    return msgspec.msgpack.encode(_fields(series))
 
 
 def decode_series(data: bytes) -> Series:
-    tenant, tool, session, source, metric, labels = msgspec.msgpack.decode(data)
+    return _series(msgspec.msgpack.decode(data))
+
+
+def _fields(series: Series) -> list[Any]:
+    return [*series[:5], [list(pair) for pair in series.labels]]
+
+
+def _series(fields: list[Any]) -> Series:
+    tenant, tool, session, source, metric, labels = fields
     return Series(tenant, tool, session, source, metric, tuple(tuple(p) for p in labels))
 
 
@@ -125,7 +126,7 @@ def encode_page(batches: Sequence[Batch], cursor: str, more: bool) -> bytes:
     for b in batches:
         for i in batch_series(b):
             info.setdefault(i, b.block.series[i])
-    series = [[i, *s[:5], [list(pair) for pair in s.labels]] for i, s in info.items()]
+    series = [[i, _fields(s)] for i, s in info.items()]
     return msgspec.msgpack.encode(
         {"rows": rows_of(batches), "series": series, "cursor": cursor, "more": more}
     )
@@ -134,6 +135,5 @@ def encode_page(batches: Sequence[Batch], cursor: str, more: bool) -> bytes:
 def decode_page(data: bytes) -> tuple[list[Batch], str, bool]:
     """`encode_page`'s batches, cursor and `more` again."""
     page: dict[str, Any] = msgspec.msgpack.decode(data)
-    series = {i: Series(tenant, tool, session, source, metric, tuple(tuple(p) for p in labels))
-              for i, tenant, tool, session, source, metric, labels in page["series"]}  # fmt: skip
+    series = {i: _series(fields) for i, fields in page["series"]}
     return batches_of_rows(page["rows"], series), page["cursor"], page["more"]
