@@ -185,8 +185,10 @@ async def _keep_retention(
                 outcome.failed(exc)
             else:
                 outcome.succeeded()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the wait in a task of its own
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), settings.retention_interval.total_seconds())
+                async with asyncio.timeout(settings.retention_interval.total_seconds()):
+                    await changed.wait()
     finally:
         unsubscribe()
 
