@@ -47,7 +47,9 @@ from schemas.times import utcnow
 from stream.hub import Hub, StreamLimits
 from stream.redis_stream import RedisPublisher
 from stream.replay import ReplayGate
+from stream.routes import batches_router
 from stream.routes import router as stream_router
+from stream.sources import StoreSource
 from stream.tail import Tail
 from stream.ws import PATH as WS_PATH
 from stream.ws import ws_metrics
@@ -296,7 +298,8 @@ def create_app(
             yield {"db": db, "writer": writer, "collector": collector, "signal": signal,
                    "jobs": jobs, "hub": hub, "tenants": tenants, "ingest_budget": budget,
                    "max_body_bytes": settings.max_body_bytes, "replay": replay,
-                   "outcomes": outcomes, "metrics": metrics, "publisher": publisher}  # fmt: skip
+                   "outcomes": outcomes, "metrics": metrics, "publisher": publisher,
+                   "source": StoreSource(db, replay, hub.epoch)}  # fmt: skip
 
     app = FastAPI(
         title="omnimetrics",
@@ -319,6 +322,7 @@ def create_app(
     app.include_router(query_router)
     app.include_router(legacy_router)
     app.include_router(stream_router)
+    app.include_router(batches_router)
     app.include_router(settings_router)
     app.include_router(dashboard_router)
     app.mount("/static", static_files, name="static")

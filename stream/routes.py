@@ -25,11 +25,13 @@ from stream.history import page_json, read_batches_after
 from stream.hub import Hub, settings_tenant
 from stream.replay import ReplayGate, Ticket
 from stream.session import catch_up, enter_catch_up, error, open_session, sent
+from stream.sources import Source
 from stream.wire import encode_page
 
 SSE_RETRY_MS = 3000
 
-router = APIRouter()
+router = APIRouter()  # the streams: served by `serve` and by gateways
+batches_router = APIRouter()  # the writer's
 
 
 def _filter(params: StreamFilter) -> Filter:
@@ -40,7 +42,7 @@ def _filter(params: StreamFilter) -> Filter:
 async def sse_metrics(request: Request, params: Annotated[StreamParams, Query()]) -> Response:
     """Live metrics as server-sent events; resumes from `since` or `Last-Event-ID`.
     403 while the tenant's settings turn streaming off."""
-    hub, db = cast(Hub, request.state.hub), cast(Database, request.state.db)
+    hub, source = cast(Hub, request.state.hub), cast(Source, request.state.source)
     flt = _filter(params)
     refusal = hub.policy(settings_tenant(flt)).refusal
     if refusal is not None:
@@ -60,13 +62,13 @@ async def sse_metrics(request: Request, params: Annotated[StreamParams, Query()]
         reason = f"too many clients catching up (limit {gate.max_clients}); retry later"
         return error_response(503, reason, None, **{"Retry-After": str(ticket)})
     return StreamingResponse(
-        _sse_events(db, hub, gate, ticket, flt, since),
+        _sse_events(source, hub, gate, ticket, flt, since),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-@router.get("/api/v1/batches")
+@batches_router.get("/api/v1/batches")
 async def batches(request: Request, params: Annotated[BatchesParams, Query()]) -> Response:
     """The batches after `since` (from the first stored one without it), in seq order,
     each with its rows and their deltas; at most `limit` batches and about 100,000 rows a
@@ -112,20 +114,20 @@ def _frame(item: Outgoing, epoch: str) -> bytes:
 
 
 async def _sse_events(
-    db: Database,
+    source: Source,
     hub: Hub,
     gate: ReplayGate,
     ticket: Ticket | None,
     flt: Filter,
     since: str | None,
 ) -> AsyncIterator[bytes]:
-    session = await open_session(db, hub, flt, since, "SSE connection established", ticket, "sse")
+    session = open_session(hub, flt, since, "SSE connection established", ticket, "sse")
     client = session.client
     try:
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         yield _frame(session.connected, hub.epoch)
         if session.resume_after is not None:
-            async for page in catch_up(db, hub, session, gate):
+            async for page in catch_up(source, hub, session, gate):
                 yield b"".join(_frame(item, hub.epoch) for item in page)  # one write a page
                 sent(client, page)
         while True:

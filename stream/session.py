@@ -3,17 +3,15 @@
 import asyncio
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
-from schemas.db import Database
 from schemas.times import rfc3339, utcnow
-from stream.batches import known_series, page_end, read_batches
 from stream.cursor import BadCursor, parse_cursor
 from stream.encode import Filter, Outgoing, control
 from stream.hub import Client, Hub, settings_tenant
-from stream.pages import Encoded, Page, Told, read_page
+from stream.pages import Encoded, Page
 from stream.replay import ReplayGate, Ticket
+from stream.sources import Source
 
 T = TypeVar("T")
 AHEAD = 1  # pages encoded (or being encoded) ahead of the one being written
@@ -37,8 +35,7 @@ def enter_catch_up(gate: ReplayGate, hub: Hub, since: str | None) -> Ticket | in
     return gate.enter() if resumes(hub, since) else None
 
 
-async def open_session(
-    db: Database,
+def open_session(
     hub: Hub,
     flt: Filter,
     since: str | None,
@@ -49,7 +46,7 @@ async def open_session(
     """Join the hub first, then decide the resume point: nothing is missed in between."""
     client = hub.add(flt, transport)
     try:
-        session = await _greet(db, hub, client, since, greeting)
+        session = _greet(hub, client, since, greeting)
     except BaseException:
         hub.remove(client)
         if ticket is not None:
@@ -59,9 +56,7 @@ async def open_session(
     return session
 
 
-async def _greet(
-    db: Database, hub: Hub, client: Client, since: str | None, greeting: str
-) -> Session:
+def _greet(hub: Hub, client: Client, since: str | None, greeting: str) -> Session:
     flt = client.filter
     head = client.start_seq
     resumed: bool | None = None
@@ -101,40 +96,18 @@ def resumes(hub: Hub, since: str | None) -> bool:
 
 
 async def catch_up(
-    db: Database, hub: Hub, session: Session, gate: ReplayGate
+    source: Source, hub: Hub, session: Session, gate: ReplayGate
 ) -> AsyncIterator[list[Outgoing]]:
-    """Every batch after the session's resume point up to the client's start, from DuckDB
-    in pages, for its filter, a page's messages at a time. Pages are shared with the other
-    clients catching up nearby (stream/pages.py); each read takes one of the gate's slots.
-    Reading runs ahead of the client: while one page is written, the next is encoded and
-    the one after it read (in worker threads, mostly outside the GIL). The client leaves
-    the gate when done."""
+    """Every batch after the session's resume point up to the client's start, from
+    `source` in pages (the store's are shared with the other clients catching up nearby:
+    stream/pages.py), for its filter, a page's messages at a time. Reading runs ahead of
+    the client: while one page is written, the next is encoded and the one after it read
+    (in worker threads, mostly outside the GIL). The client leaves the gate when done."""
     client = session.client
     position = session.resume_after if session.resume_after is not None else client.start_seq
-    known = known_series(hub.epoch)
 
-    async def read(first: int, last: int, bound: int, told: Told) -> Page:
-        async with gate.read():
-            return await db.read(
-                partial(
-                    read_page,
-                    first=first,
-                    last=last,
-                    bound=bound,
-                    known=known,
-                    told=told,
-                    ends=gate.shared.ends,
-                )
-            )
-
-    async def read_at(after: int) -> Page:
-        page = await gate.shared.page(after, hub.position, read)
-        if page is None:  # a cursor inside a batch: from there to a batch's end, on its own
-            async with gate.read():
-                end = await db.read(partial(page_end, after=after, head=client.start_seq))
-                batches = await db.read(partial(read_batches, after=after, upto=end, known=known))
-            page = Page(after, end, batches)
-        return page
+    def read_at(after: int) -> Coroutine[Any, Any, Page]:
+        return source.page(after, hub.position)
 
     ready: asyncio.Queue[asyncio.Future[tuple[Page, Encoded]]] = asyncio.Queue(AHEAD)
 
@@ -150,7 +123,7 @@ async def catch_up(
         nxt: asyncio.Future[Page] | None = None
         try:
             while True:
-                end = await gate.shared.end(after, hub.position, read)
+                end = await source.end(after, hub.position)
                 if end is not None and end < client.start_seq:
                     nxt = _ahead(read_at(end))
                 try:

@@ -17,7 +17,6 @@ from urllib.parse import parse_qsl
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.auth import Principal
-from schemas.db import Database
 from schemas.http import describe_errors
 from schemas.messages import ClientMessage, Ping
 from schemas.models import StreamParams
@@ -25,6 +24,7 @@ from stream.encode import Filter, control
 from stream.hub import Client, Hub, settings_tenant
 from stream.replay import ReplayGate
 from stream.session import Session, catch_up, enter_catch_up, error, open_session, sent
+from stream.sources import Source
 
 Scope = dict[str, Any]
 Receive = Any
@@ -44,7 +44,7 @@ _client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
 async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
     hub: Hub = scope["state"]["hub"]
-    db: Database = scope["state"]["db"]
+    source: Source = scope["state"]["source"]
     if (await receive())["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
@@ -74,14 +74,12 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
                     "reason": f"{reason}; retry after {ticket} s"})  # fmt: skip
         return
     principal: Principal | None = scope["state"].get("principal")
-    session = await open_session(
-        db, hub, flt, params.since, "WebSocket connection established", ticket
-    )
+    session = open_session(hub, flt, params.since, "WebSocket connection established", ticket)
     client = session.client
     direct = (scope.get("extensions") or {}).get(SEND_TEXT_NOW, {})
     client.direct = direct.get("send")
     send_many = direct.get("send_many")
-    sender = asyncio.create_task(_send_all(send, send_many, db, hub, gate, session))
+    sender = asyncio.create_task(_send_all(send, send_many, source, hub, gate, session))
     try:
         await _receive_all(receive, hub, client, principal)
     finally:
@@ -97,7 +95,7 @@ async def ws_metrics(scope: Scope, receive: Receive, send: Send) -> None:
 async def _send_all(
     send: Send,
     send_many: Callable[[list[str]], bool] | None,
-    db: Database,
+    source: Source,
     hub: Hub,
     gate: ReplayGate,
     session: Session,
@@ -106,7 +104,7 @@ async def _send_all(
     try:
         await send({"type": "websocket.send", "text": session.connected.text})
         if session.resume_after is not None:
-            async for page in catch_up(db, hub, session, gate):
+            async for page in catch_up(source, hub, session, gate):
                 if send_many is None or not send_many([item.text for item in page]):
                     for item in page:
                         await send({"type": "websocket.send", "text": item.text})

@@ -26,6 +26,7 @@ from stream.hub import Client, Hub
 from stream.pages import GridEnds, Page, SharedPages, Told, read_page
 from stream.replay import ReplayGate
 from stream.session import Session, catch_up
+from stream.sources import StoreSource
 from stream.tail import Tail
 from tests.helpers import Traced
 
@@ -94,7 +95,11 @@ async def test_clients_sharing_pages_get_what_a_read_of_their_own_gives(
         flt = rng.choice(FILTERS)
         clients[i] = (after, start, flt)
         session = Session(Client(flt, start, 1 << 20), Outgoing("connected", "{}"), after)
-        return [m async for page in catch_up(db, hub, session, gate) for m in page]
+        return [
+            m
+            async for page in catch_up(StoreSource(db, gate, hub.epoch), hub, session, gate)
+            for m in page
+        ]
 
     got: dict[int, list[Outgoing]] = {}
 
@@ -267,7 +272,11 @@ async def test_a_client_inside_a_batch_reads_on_from_where_its_own_page_ended(
     gate = ReplayGate(reads=2, clients=10, shared=SharedPages(grid=10))
     session = Session(Client(Filter(), 30, 1 << 20), Outgoing("connected", "{}"), 13)
     with anyio.fail_after(10):
-        got = [m async for page in catch_up(db, hub, session, gate) for m in page]
+        got = [
+            m
+            async for page in catch_up(StoreSource(db, gate, hub.epoch), hub, session, gate)
+            for m in page
+        ]
     want = [
         m for b in read_batches(db.cursor(), 13, 30) for m in encode_batch(b, Filter(), "inside")
     ]
