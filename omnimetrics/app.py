@@ -196,7 +196,7 @@ async def _keep_retention(
 
 
 @asynccontextmanager
-async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+async def background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
     """Run `work` as a task for the life of the block; cancel and await it on exit."""
     task = asyncio.create_task(work, name=name)
     try:
@@ -255,14 +255,15 @@ def create_app(
                     hub.position,
                     settings.redis_prefix,
                     settings.redis_maxlen,
+                    tenants=tenants,
                 )
-                publishing = _background(publisher.run(), "omnimetrics-publish")
+                publishing = background(publisher.run(), "omnimetrics-publish")
                 await stack.enter_async_context(publishing)
             tail = Tail(db, hub, publisher.offer if publisher is not None else None)
             stack.callback(signal.subscribe(tail.notify))
             for listener in commit_listeners:
                 stack.callback(signal.subscribe(listener))
-            await stack.enter_async_context(_background(tail.run(), "omnimetrics-tail"))
+            await stack.enter_async_context(background(tail.run(), "omnimetrics-tail"))
             outcomes = {"export": Outcome(f"the export to {mirror_dir(db.path)}"),
                         "rollups": Outcome("the rollups' refresh"),
                         "retention": Outcome("the retention run")}  # fmt: skip
@@ -270,11 +271,11 @@ def create_app(
                 outcomes["publish"] = publisher.outcome
             stack.push_async_callback(_final_export, db, outcomes["export"])
             mirror = keep_mirror(db, settings.export_interval_seconds, outcomes["export"])
-            await stack.enter_async_context(_background(mirror, "omnimetrics-mirror"))
+            await stack.enter_async_context(background(mirror, "omnimetrics-mirror"))
             rollups = _keep_rollups(writer, settings.rollup_interval_seconds, outcomes["rollups"])
-            await stack.enter_async_context(_background(rollups, "omnimetrics-rollups"))
+            await stack.enter_async_context(background(rollups, "omnimetrics-rollups"))
             retain = _keep_retention(writer, settings, tenants, outcomes["retention"])
-            await stack.enter_async_context(_background(retain, "omnimetrics-retention"))
+            await stack.enter_async_context(background(retain, "omnimetrics-retention"))
             drain.hub = hub
             client = await stack.enter_async_context(http_client(len(sources)))
             collector = Collector(client, sources, tenants, metrics.observe_scrape)

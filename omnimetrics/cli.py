@@ -16,16 +16,20 @@ from pydantic import ValidationError
 
 from omnimetrics.app import create_app
 from omnimetrics.demo import QuietHttpProtocol, demo_app
+from omnimetrics.gateway import create_gateway
 from omnimetrics.gil import share_the_gil
 from omnimetrics.logs import log_config, quietly
 from omnimetrics.memory import limit_malloc_arenas
 from omnimetrics.server import CannotListen, Server, build_server, listen_socket
 from omnimetrics.settings import Config, ConfigError, Settings, load_config
+from omnimetrics.workers import supervise
 from query.export import export
 from schemas.compact import CompactError, compact
 from schemas.db import Database
 from schemas.http import describe_errors
 from schemas.signals import Listener
+from stream.redis_stream import gateway_start
+from stream.sources import CatchUpFailed
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -57,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
                        "(redis://host:port/db), for gateways")  # fmt: skip
     serve.add_argument("--ssl-certfile", type=Path, help="serve https:// and wss:// (PEM)")
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM)")
+    gateway = commands.add_parser("gateway", help="serve streams from the writer's Redis Stream")
+    gateway.add_argument("--redis-url", help="the writer's Redis (redis://host:port/db)")
+    gateway.add_argument("--writer-url", help="the writer, to catch clients up from (http://...)")
+    gateway.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    gateway.add_argument("--port", dest="gateway_port", help="port to listen on (default 8004)")
+    gateway.add_argument("--workers", dest="gateway_workers",
+                         help="processes sharing the port (SO_REUSEPORT; default 1)")  # fmt: skip
+    gateway.add_argument("--log-format", choices=["text", "json"],
+                         help="text (default) or json, a line per record")  # fmt: skip
+    gateway.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     export_ = commands.add_parser("export", help="write samples as Parquet partitioned by day")
     export_.add_argument("--from", dest="start", required=True, type=_time, help="RFC 3339")
     export_.add_argument("--to", dest="end", required=True, type=_time, help="RFC 3339")
@@ -185,6 +199,34 @@ def _check_tls(settings: Settings) -> None:
         fail(f"cannot load TLS certificate/key: {exc}")
 
 
+def _gateway(settings: Settings, argv: Sequence[str], reuse_port: bool) -> int:
+    """`omnimetrics gateway`: one process, or `--workers N` processes on one port."""
+    if settings.redis_url is None:
+        fail("a gateway needs --redis-url (or OMNIMETRICS_REDIS_URL)")
+    if settings.writer_url is None:
+        fail("a gateway needs --writer-url (or OMNIMETRICS_WRITER_URL)")
+    if settings.gateway_workers > 1:
+        return supervise(settings, argv)
+    try:
+        sock = listen_socket(settings.host, settings.gateway_port, reuse_port=reuse_port)
+    except CannotListen as exc:
+        fail(str(exc), 3)
+    try:
+        start = asyncio.run(gateway_start(settings.redis_url, settings.redis_prefix,
+                                          settings.gateway_start_seconds))  # fmt: skip
+    except CatchUpFailed as exc:
+        sock.close()
+        fail(f"cannot start the gateway: {exc}", 3)
+    app = create_gateway(settings, start)
+    logs = log_config(settings.log_level, settings.log_format)
+    server = build_server(app, settings.host, settings.gateway_port, settings.log_level,
+                          send_buffer=settings.socket_send_buffer_bytes,
+                          log_config=logs)  # fmt: skip
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(server.serve([sock]))
+    return 0 if server.started or server.should_exit else 1
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop where it is installed, as uvicorn itself would choose: its C loop and
     transports make the per-client writes of a fan-out cheaper (1,000 clients: 28 ms
@@ -203,13 +245,16 @@ def main(argv: Sequence[str] | None = None, commit_listeners: Sequence[Listener]
         return _export(args)
     if args.command == "compact":
         return _compact(args)
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    extra = ("command", "reuse_port")
+    overrides = {k: v for k, v in vars(args).items() if k not in extra and v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         fail(describe_errors(exc.errors()))
     limit_malloc_arenas(settings.malloc_arenas)  # before the server starts any thread
     share_the_gil()
+    if args.command == "gateway":
+        return _gateway(settings, argv if argv is not None else sys.argv[1:], args.reuse_port)
     try:
         config = load_config(settings.config)
     except ConfigError as exc:

@@ -10,7 +10,8 @@
   `tenant_id` parameter naming another is a 403 (WebSocket: 1008), and a route that takes
   `tenant_id` gets the credential's when none is given, so nothing can widen it. Scopes:
   `write` for `POST /ingest`, `admin` to change settings, for `/api/v1/batches` and for
-  `/metrics` (open with `OMNIMETRICS_METRICS_PUBLIC=true`), `read` for the rest.
+  `/metrics` (open with `OMNIMETRICS_METRICS_PUBLIC=true`), `read` for the rest; a
+  `gateway` credential reads every tenant's `/api/v1/batches` and nothing else.
 
 The credential travels as `Authorization: Bearer <jwt>`, or as `?token=` on the two
 stream routes (browsers cannot set headers there).
@@ -35,6 +36,7 @@ NO_TENANT_PARAM = frozenset(("/ingest", "/settings/profiles", "/metrics"))
 ADMIN = frozenset((("PUT", "/settings"), ("POST", "/settings/reset"), ("GET", "/metrics"),
                    ("GET", "/api/v1/batches")))  # fmt: skip
 METRICS_PATH = "/metrics"
+BATCHES_PATH = "/api/v1/batches"
 
 
 def required_scope(method: str, path: str) -> Scope:
@@ -157,10 +159,11 @@ class Guard:
             raise AuthError(401, "a credential is required: Authorization: Bearer <token>")
         principal = verify(token, self.secret)
         needed = required_scope(method, path)
-        if not principal.can(needed):
+        every_tenant = method == "GET" and path == BATCHES_PATH and principal.can("gateway")
+        if not every_tenant and not principal.can(needed):
             raise AuthError(403, f"this needs the {needed!r} scope")
         scope = dict(scope)
-        if path not in NO_TENANT_PARAM:
+        if path not in NO_TENANT_PARAM and not every_tenant:
             scope["query_string"] = _own_tenant(query, principal).encode("latin-1")
         scope["state"] = {**scope.get("state", {}), "principal": principal}
         return scope

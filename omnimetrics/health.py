@@ -55,8 +55,8 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                "start)" for t, n in skipped.items()]  # fmt: skip
     if writer.last_error is not None:
         reasons.append(f"the latest write failed: {writer.last_error}")
-    reasons += [_failing(c.outcome) for c in jobs.counts.values() if c.outcome.error]
-    reasons += [_failing(o) for o in outcomes.values() if o.error is not None]
+    reasons += [failing(c.outcome) for c in jobs.counts.values() if c.outcome.error]
+    reasons += [failing(o) for o in outcomes.values() if o.error is not None]
     reasons += down
     return JSONResponse(
         {
@@ -82,24 +82,29 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
                 "series": len(writer.series),
                 "series_limit_skipped": writer.series_skipped,
             },
-            "streams": {
-                "clients": len(hub),
-                "queued_bytes": hub.queued_bytes(),
-                "fanout_ms": _p50_max(hub.fanout_ms),
-                "commit_to_sent_ms": _p50_max(hub.commit_to_sent_ms),
-                "catching_up": replay.replaying,
-                "catch_up_reads": replay.reading,
-                "catch_up_pages": replay.pages,  # read from the database
-                "catch_up_pages_served": replay.served,  # to clients, shared or not
-                "catch_up_kept_bytes": replay.shared.kept_bytes,  # pages kept for others
-                "catch_up_refused": replay.refused,
-            },
+            "streams": streams_report(hub, replay),
             "jobs": {name: outcome.report() for name, outcome in outcomes.items()},
             "publisher": publisher.report() if publisher is not None else None,
             "retention": _retention(writer),
             "time": rfc3339(utcnow()),
         }
     )
+
+
+def streams_report(hub: Hub, replay: ReplayGate) -> dict[str, Any]:
+    """The streams' part of `/health` (a gateway's too)."""
+    return {
+        "clients": len(hub),
+        "queued_bytes": hub.queued_bytes(),
+        "fanout_ms": p50_max(hub.fanout_ms),
+        "commit_to_sent_ms": p50_max(hub.commit_to_sent_ms),
+        "catching_up": replay.replaying,
+        "catch_up_reads": replay.reading,
+        "catch_up_pages": replay.pages,  # read from the database (a gateway: the writer)
+        "catch_up_pages_served": replay.served,  # to clients, shared or not
+        "catch_up_kept_bytes": replay.shared.kept_bytes,  # pages kept for others
+        "catch_up_refused": replay.refused,
+    }
 
 
 def _retention(writer: Writer) -> dict[str, Any]:
@@ -120,7 +125,7 @@ def _retention(writer: Writer) -> dict[str, Any]:
     }
 
 
-def _failing(outcome: Outcome) -> str:
+def failing(outcome: Outcome) -> str:
     since = rfc3339(outcome.failing_since) if outcome.failing_since else "?"
     return f"{outcome.what} fails (since {since}): {outcome.error}"
 
@@ -135,7 +140,7 @@ def _quantiles(values: Collection[float]) -> dict[str, float] | None:
             "max": round(ordered[-1], 4)}  # fmt: skip
 
 
-def _p50_max(values: Collection[float]) -> dict[str, float] | None:
+def p50_max(values: Collection[float]) -> dict[str, float] | None:
     """Median and maximum of the recent batches, or None before the first."""
     if not values:
         return None

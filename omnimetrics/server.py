@@ -113,9 +113,11 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A socket bound to `host:port` (as uvicorn binds one), or CannotListen: a port in
-    use is one line before anything starts, not uvicorn's exit from inside a task."""
+    use is one line before anything starts, not uvicorn's exit from inside a task.
+    `reuse_port`: shared with the other processes that bind it so (the kernel spreads
+    new connections between them: a gateway's `--workers`)."""
     where = address(host, port)
     try:
         family, kind, proto, _, bind_to = socket.getaddrinfo(
@@ -125,6 +127,8 @@ def listen_socket(host: str, port: int) -> socket.socket:
         raise CannotListen(f"cannot listen on {where}: {exc.strerror}") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(bind_to)
     except OSError as exc:

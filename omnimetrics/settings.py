@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     redis_url: Annotated[str, Field(pattern=r"^rediss?://")] | None = None
     redis_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "omnimetrics"
     redis_maxlen: Annotated[int, Field(ge=1)] = 100_000
+    # A gateway (`omnimetrics gateway`): the writer it catches clients up from, its own
+    # port, how many processes share it (SO_REUSEPORT), how long it waits at start for a
+    # writer that has published to Redis.
+    writer_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    gateway_port: Port = 8004
+    gateway_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    gateway_start_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
     # glibc malloc arenas (omnimetrics/memory.py); 0 leaves glibc's own choice.
     malloc_arenas: Annotated[int, Field(ge=0, le=64)] = 2
 

@@ -11,8 +11,10 @@ from typing import Literal, NamedTuple
 
 import jwt
 
-Scope = Literal["read", "write", "admin"]
-SCOPES: frozenset[str] = frozenset(("read", "write", "admin"))
+# `gateway`: every tenant's batches from `GET /api/v1/batches`, and nothing else (what a
+# stream gateway needs to catch its clients up; it mints its own from the shared secret).
+Scope = Literal["read", "write", "admin", "gateway"]
+SCOPES: frozenset[str] = frozenset(("read", "write", "admin", "gateway"))
 _TENANT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TOKEN_CHARS = 4096
 

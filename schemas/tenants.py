@@ -193,6 +193,10 @@ class TenantRegistry:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def all(self) -> dict[str, TenantSettings]:
+        """Every tenant's settings that were ever set."""
+        return dict(self._settings)
+
     def retention_days(self) -> dict[str, int]:
         """Each tenant's own raw retention, where it set one."""
         return {t: s.retention_days for t, s in self._settings.items()

@@ -8,12 +8,21 @@ anything the publisher has not got (it was disconnected, it fell behind, the pro
 restarted, Redis lost its data) is read again from the store, from the stream's top. Redis
 refuses an id not above the stream's top, so publishing twice stores once. The stream's
 database epoch is kept in `<prefix>:epoch`: a stream of another database is dropped.
+
+For gateways the writer also keeps, beside the stream, every tenant's settings (the hash
+`<prefix>:tenants`, tenant -> JSON, with a counter `<prefix>:tenants:version` bumped on
+each change) and a heartbeat (`<prefix>:writer`: its head seq, expiring after
+HEARTBEAT_TTL seconds), written every HEARTBEAT_SECONDS and at once on a settings change.
+A gateway reads them through `WriterWatch`.
 """
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple, Protocol
 
@@ -28,8 +37,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from schemas.db import Database
 from schemas.outcomes import Outcome, describe
+from schemas.tenants import TenantRegistry, TenantSettings
 from stream.batches import MAX_SERIES, Batch, Series, known_series
 from stream.history import read_batches_after
+from stream.sources import CatchUpFailed, Fill
 from stream.wire import (
     batch_series,
     batches_of_rows,
@@ -47,6 +58,19 @@ RETRY_SECONDS = (0.2, 5.0)  # first and longest wait between attempts to reach R
 TIMEOUT_SECONDS = 5.0
 READ_COUNT = 500  # entries a gateway reads at once
 BLOCK_SECONDS = 1.0  # how long a read waits for new entries
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_TTL = 5  # seconds without a heartbeat after which gateways say the writer is gone
+WATCH_SECONDS = 0.25  # how often a gateway looks at the heartbeat and the settings' version
+
+
+class Keys:
+    """The Redis keys of one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.batches, self.series, self.epoch = (
+            f"{prefix}:batches", f"{prefix}:series", f"{prefix}:epoch")  # fmt: skip
+        self.tenants, self.tenants_version = f"{prefix}:tenants", f"{prefix}:tenants:version"
+        self.writer = f"{prefix}:writer"
 
 
 class Chunk(NamedTuple):
@@ -71,9 +95,14 @@ class RedisPublisher:
         prefix: str = "omnimetrics",
         maxlen: int = 100_000,
         outcome: Outcome | None = None,
+        tenants: TenantRegistry | None = None,
     ) -> None:
+        self.keys = Keys(prefix)
         self.stream, self.series_key, self.epoch_key = (
-            f"{prefix}:batches", f"{prefix}:series", f"{prefix}:epoch")  # fmt: skip
+            self.keys.batches, self.keys.series, self.keys.epoch)  # fmt: skip
+        self._tenants = tenants or TenantRegistry()
+        self._tenants_changed = True  # written on each connection: Redis may have lost them
+        self._beat_at = 0.0
         self._url = url
         self._db = db
         self._epoch = epoch
@@ -108,16 +137,25 @@ class RedisPublisher:
 
     async def run(self) -> None:
         """Publish until cancelled; Redis going away is waited out, never fatal."""
-        await _connected(self._url, TIMEOUT_SECONDS, self._start, self._publish, self)
+        unsubscribe = self._tenants.subscribe(self._settings_changed)
+        try:
+            await _connected(self._url, TIMEOUT_SECONDS, self._start, self._publish, self)
+        finally:
+            unsubscribe()
+
+    def _settings_changed(self, tenant_id: str, settings: TenantSettings) -> None:
+        self._tenants_changed = True
+        self._wake.set()
 
     async def _start(self, client: aioredis.Redis) -> None:
         """Where the stream stands: its top, or (empty, or of another database) the store's
         last `maxlen` batches to publish."""
         self._known.clear()  # what this Redis holds is read anew
+        self._tenants_changed, self._beat_at = True, 0.0
         epoch = _text(await client.get(self.epoch_key))
         if epoch and epoch != self._epoch:
             log.warning("redis stream %s holds another database's batches: replaced", self.stream)
-            await client.delete(self.stream, self.series_key)
+            await client.delete(self.stream, self.series_key, self.keys.tenants)
         await client.set(self.epoch_key, self._epoch)
         top = await client.xrevrange(self.stream, count=1)
         floor = await self._db.read(partial(_floor, head=self._head, batches=self._maxlen))
@@ -130,9 +168,29 @@ class RedisPublisher:
                 await self._append(client, batches)
                 self.published = end
                 self.outcome.succeeded()
+                await self._beat(client)
+            await self._beat(client)
             self._wake.clear()
             if self.published >= self._head:
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEARTBEAT_SECONDS):
+                        await self._wake.wait()
+
+    async def _beat(self, client: aioredis.Redis) -> None:
+        """The heartbeat when it is due, and the tenants' settings when they changed."""
+        now = time.monotonic()
+        if not self._tenants_changed and now - self._beat_at < HEARTBEAT_SECONDS:
+            return
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.writer, self._head, ex=HEARTBEAT_TTL)
+            if self._tenants_changed:
+                self._tenants_changed = False
+                settings = {t: s.model_dump_json() for t, s in self._tenants.all().items()}
+                if settings:
+                    pipe.hset(self.keys.tenants, mapping=settings)  # type: ignore[arg-type]
+                pipe.incr(self.keys.tenants_version)
+            await pipe.execute()
+        self._beat_at = now
 
     async def _next(self) -> tuple[list[Batch], int]:
         """The batches right after the stream's top: the tail's, or read from the store."""
@@ -204,7 +262,6 @@ def _already_there(error: Exception) -> bool:
     return isinstance(error, ResponseError) and "equal or smaller" in str(error)
 
 
-Fill = Callable[[int], Awaitable[tuple[list[Batch], int, bool]]]  # after -> batches, end, more
 Deliver = Callable[[list[Batch], int], None]  # batches, and the seq they reach
 
 
@@ -322,7 +379,7 @@ async def _ping(client: aioredis.Redis) -> None:
     await client.ping()
 
 
-class FillFailed(Exception):
+class FillFailed(CatchUpFailed):
     """What a gateway needs is not there (the writer did not answer, a series is unknown)."""
 
 
@@ -343,3 +400,121 @@ def writer_fill(http: httpx.AsyncClient, epoch: str, limit: int = PAGE_BATCHES) 
         return batches, int(cursor.rpartition(":")[2]), more
 
     return fill
+
+
+class WriterWatch:
+    """A gateway's view of the writer through Redis: its heartbeat, its database's epoch,
+    and every tenant's settings, put in force in `tenants` within WATCH_SECONDS of a
+    change. While the settings' version key is missing (Redis restarted, the writer has
+    not written them again yet) the settings in force stay."""
+
+    def __init__(self, url: str, epoch: str, tenants: TenantRegistry, prefix: str) -> None:
+        self.keys = Keys(prefix)
+        self._url = url
+        self.epoch = epoch  # the database this gateway serves
+        self.tenants = tenants
+        self.connected = False
+        self.outcome = Outcome("watching the writer through Redis")
+        self.heard: float | None = None  # monotonic time of the last heartbeat seen
+        self.writer_head = 0
+        self.writer_epoch = epoch
+        self._version: bytes | str | None = None
+
+    async def run(self) -> None:
+        await _connected(self._url, TIMEOUT_SECONDS, self._start, self._watch, self)
+
+    async def _start(self, client: aioredis.Redis) -> None:
+        self._version = None  # a Redis that restarted counts again from 1
+
+    async def _watch(self, client: aioredis.Redis) -> None:
+        while True:
+            await self.look(client)
+            await asyncio.sleep(WATCH_SECONDS)
+
+    async def look(self, client: aioredis.Redis) -> None:
+        """Read the heartbeat and epoch once, and the settings if their version moved."""
+        version, epoch, head = await client.mget(
+            self.keys.tenants_version, self.keys.epoch, self.keys.writer
+        )
+        if head is not None:
+            self.heard, self.writer_head = time.monotonic(), int(head)
+        if epoch is not None:
+            self.writer_epoch = _text(epoch)
+        if version is not None and version != self._version:
+            self._apply(await _tenant_docs(client, self.keys))
+            self._version = version
+
+    def _apply(self, docs: dict[str, bytes]) -> None:
+        found = _settings_of(docs)
+        for tenant_id, settings in found.items():
+            if self.tenants.get(tenant_id) != settings:
+                self.tenants.set(tenant_id, settings)
+        for tenant_id in self.tenants.all().keys() - docs.keys():  # reset on the writer
+            if self.tenants.get(tenant_id) != TenantSettings():
+                self.tenants.set(tenant_id, TenantSettings())
+
+    @property
+    def writer_heard(self) -> bool:
+        return self.heard is not None and time.monotonic() - self.heard < HEARTBEAT_TTL
+
+    def reasons(self) -> list[str]:
+        """What is wrong with the writer as seen from here, for `/health`."""
+        if not self.connected:
+            return []  # the Redis connection's own reason says it
+        if self.writer_epoch != self.epoch:
+            return [f"the writer now serves another database (epoch {self.writer_epoch}; this "
+                    f"gateway serves {self.epoch}): restart the gateway"]  # fmt: skip
+        if not self.writer_heard:
+            return [f"the writer has not been heard from for over {HEARTBEAT_TTL} s; clients "
+                    "stay connected and get its batches when it returns"]  # fmt: skip
+        return []
+
+
+async def _tenant_docs(client: aioredis.Redis, keys: Keys) -> dict[str, bytes]:
+    docs: dict[bytes | str, bytes | str] = await client.hgetall(keys.tenants)
+    return {_text(k): v if isinstance(v, bytes) else v.encode() for k, v in docs.items()}
+
+
+def _settings_of(docs: dict[str, bytes]) -> dict[str, TenantSettings]:
+    """The settings in `docs` (tenant -> JSON); one that does not validate is left out."""
+    found = {}
+    for tenant_id, doc in docs.items():
+        try:
+            found[tenant_id] = TenantSettings.model_validate_json(doc)
+        except ValueError as exc:
+            log.error("tenant %s's settings in Redis are invalid: %s", tenant_id, exc)
+    return found
+
+
+@dataclass
+class GatewayStart:
+    epoch: str
+    position: int  # where the gateway's stream starts
+    tenants: dict[str, TenantSettings]
+
+
+async def gateway_start(url: str, prefix: str, wait_seconds: float) -> GatewayStart:
+    """What a gateway starts from, read from Redis: the writer's database epoch, the
+    stream's top (or, while the stream is empty, the writer's head from its heartbeat),
+    and the tenants' settings. Waits up to `wait_seconds` for a writer that has published;
+    raises CatchUpFailed when none did."""
+    keys = Keys(prefix)
+    deadline = time.monotonic() + wait_seconds
+    why = "no writer has published there yet"
+    while True:
+        client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_SECONDS,
+                                         socket_connect_timeout=TIMEOUT_SECONDS)  # fmt: skip
+        try:
+            epoch, head = await client.mget(keys.epoch, keys.writer)
+            top = await client.xrevrange(keys.batches, count=1)
+            if epoch is not None and (top or head is not None):
+                tenants = _settings_of(await _tenant_docs(client, keys))
+                position = entry_seq(top[0][0]) if top else int(_text(head))
+                return GatewayStart(_text(epoch), position, tenants)
+        except (RedisError, OSError) as exc:
+            why = f"cannot reach it: {describe(exc)}"
+        finally:
+            await client.aclose()
+        if time.monotonic() >= deadline:
+            raise CatchUpFailed(f"redis {url} (prefix {prefix!r}): {why}")
+        await asyncio.sleep(0.2)

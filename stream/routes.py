@@ -25,7 +25,7 @@ from stream.history import page_json, read_batches_after
 from stream.hub import Hub, settings_tenant
 from stream.replay import ReplayGate, Ticket
 from stream.session import catch_up, enter_catch_up, error, open_session, sent
-from stream.sources import Source
+from stream.sources import CatchUpFailed, Source
 from stream.wire import encode_page
 
 SSE_RETRY_MS = 3000
@@ -127,9 +127,13 @@ async def _sse_events(
         yield f"retry: {SSE_RETRY_MS}\n\n".encode()
         yield _frame(session.connected, hub.epoch)
         if session.resume_after is not None:
-            async for page in catch_up(source, hub, session, gate):
-                yield b"".join(_frame(item, hub.epoch) for item in page)  # one write a page
-                sent(client, page)
+            try:
+                async for page in catch_up(source, hub, session, gate):
+                    yield b"".join(_frame(item, hub.epoch) for item in page)  # one write a page
+                    sent(client, page)
+            except CatchUpFailed as exc:  # a gateway whose writer does not answer: later
+                yield _frame(error(f"cannot catch up now ({exc}); reconnect later"), hub.epoch)
+                return
         while True:
             item_: Outgoing | None = None
             with anyio.move_on_after(hub.keepalive_seconds) as waited:

@@ -11,6 +11,7 @@ from functools import partial
 from typing import Protocol
 
 from schemas.db import Database
+from schemas.outcomes import Outcome
 from stream.batches import PAGE_ROWS, Batch, known_series, page_end, read_batches
 from stream.pages import Page, Told, read_page
 from stream.replay import ReplayGate
@@ -125,6 +126,7 @@ class RemoteSource:
         self.recent = recent
         self._fetched: OrderedDict[int, asyncio.Task[Page]] = OrderedDict()
         self.fetches = 0  # pages fetched from the writer, since start
+        self.outcome = Outcome("catching clients up from the writer")
 
     async def page(self, after: int, bound: int) -> Page:
         held = self.recent.page(after, bound)
@@ -143,7 +145,12 @@ class RemoteSource:
     async def _fetch(self, after: int) -> Page:
         async with self._gate.read():
             self.fetches += 1
-            batches, end, _ = await self._fill(after)
+            try:
+                batches, end, _ = await self._fill(after)
+            except CatchUpFailed as exc:
+                self.outcome.failed(exc)
+                raise
+        self.outcome.succeeded()
         return Page(after, max(after, end), batches)
 
     async def end(self, after: int, bound: int) -> int | None:

@@ -24,7 +24,7 @@ from stream.encode import Filter, control
 from stream.hub import Client, Hub, settings_tenant
 from stream.replay import ReplayGate
 from stream.session import Session, catch_up, enter_catch_up, error, open_session, sent
-from stream.sources import Source
+from stream.sources import CatchUpFailed, Source
 
 Scope = dict[str, Any]
 Receive = Any
@@ -104,11 +104,17 @@ async def _send_all(
     try:
         await send({"type": "websocket.send", "text": session.connected.text})
         if session.resume_after is not None:
-            async for page in catch_up(source, hub, session, gate):
-                if send_many is None or not send_many([item.text for item in page]):
-                    for item in page:
-                        await send({"type": "websocket.send", "text": item.text})
-                sent(client, page)
+            try:
+                async for page in catch_up(source, hub, session, gate):
+                    if send_many is None or not send_many([item.text for item in page]):
+                        for item in page:
+                            await send({"type": "websocket.send", "text": item.text})
+                    sent(client, page)
+            except CatchUpFailed as exc:  # a gateway whose writer does not answer: later
+                reason = f"cannot catch up now ({exc}"[:90] + f"); resume from {hub.epoch}:"
+                await send({"type": "websocket.close", "code": TRY_AGAIN_LATER,
+                            "reason": f"{reason}{client.sent_seq}"})  # fmt: skip
+                return
         while (item_ := await client.next()) is not None:
             await send({"type": "websocket.send", "text": item_.text})
             if item_.seq is not None:

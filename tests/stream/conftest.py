@@ -1,4 +1,8 @@
-"""A real server with no scraped sources; batches come from pushes the test makes."""
+"""A real server with no scraped sources; batches come from pushes the test makes.
+
+`running` is the stream contract's backend (STYLE.md 15): `serve` alone, or `serve`
+publishing to a real redis-server with a gateway in front that serves the streams. Pushes
+go to the writer (`base`), streams and their `/health` to `stream`."""
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -13,33 +17,50 @@ from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection
 
 from omnimetrics.app import create_app
+from omnimetrics.gateway import create_gateway
 from omnimetrics.settings import Config, Settings
 from schemas.messages import ServerMessage
-from tests.helpers import serve
+from tests.helpers import RedisServer, serve
 
 _message: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 
 
 @dataclass
 class Running:
-    base: str
+    base: str  # the writer
     db: Path
+    stream: str  # where the streams are served: the writer, or a gateway
 
     @property
     def ws(self) -> str:
-        return self.base.replace("http://", "ws://") + "/ws/metrics"
+        return self.stream.replace("http://", "ws://") + "/ws/metrics"
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
+@pytest.fixture(params=["serve", "gateway"])
+def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
     path = tmp_path / "stream.duckdb"
-    with serve(create_app(Settings(db=path), Config(sources=[]))) as base:
-        yield Running(base, path)
+    if request.param == "serve":
+        with serve(create_app(Settings(db=path), Config(sources=[]))) as base:
+            yield Running(base, path, base)
+        return
+    with RedisServer(tmp_path) as redis:
+        writer = create_app(Settings(db=path, redis_url=redis.url), Config(sources=[]))
+        with serve(writer) as base:
+            gateway = create_gateway(Settings(redis_url=redis.url, writer_url=base))
+            with serve(gateway) as stream:
+                yield Running(base, path, stream)
 
 
 @pytest.fixture
 async def http(running: Running) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=running.base, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def streams(running: Running) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the streams' server (SSE, its `/health`)."""
+    async with httpx.AsyncClient(base_url=running.stream, timeout=10) as client:
         yield client
 
 

@@ -21,6 +21,7 @@ from schemas.rows import SampleRow
 from schemas.signals import AppendSignal
 from stream.batches import KnownSeries, read_batches
 from stream.history import read_batches_after
+from stream.routes import MSGPACK
 from stream.wire import decode_page
 from tests.helpers import Reply, Upstream, serve, wait_for
 from tests.stream.conftest import recv_type
@@ -181,6 +182,17 @@ async def test_with_auth_it_needs_admin_and_reads_the_credentials_tenant_only(
             assert {r["tenant_id"] for b in page["batches"] for r in b["rows"]} == {"acme"}
             other = await http.get("/api/v1/batches", headers=admin, params={"tenant_id": "local"})
             assert other.status_code == 403
+            # A gateway's credential: every tenant's batches, the whole stream by column...
+            gateway = bearer("gateways", "gateway")
+            packed = await http.get("/api/v1/batches", headers={**gateway, "Accept": MSGPACK})
+            batches, _, _ = decode_page(packed.content)
+            assert packed.status_code == 200 and len(batches) == 3
+            # ...and nothing else: not a stream, not a push, not settings, not /metrics.
+            for method, path in (("GET", "/stream/metrics"), ("GET", "/api/v1/metrics"),
+                                 ("POST", "/ingest"), ("GET", "/settings"),
+                                 ("GET", "/metrics")):  # fmt: skip
+                refused = await http.request(method, path, headers=gateway)
+                assert refused.status_code == 403, (path, refused.text)
 
 
 def test_a_failed_scrape_comes_with_its_batch_to_who_sees_its_source(

@@ -10,7 +10,7 @@ import pytest
 from omnimetrics.app import create_app
 from omnimetrics.settings import Config, Settings
 from tests.helpers import serve
-from tests.stream.conftest import Running, checked, push, sse_frames
+from tests.stream.conftest import checked, push, sse_frames
 
 pytestmark = pytest.mark.anyio
 
@@ -23,9 +23,9 @@ async def events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
 
 
 async def test_sse_streams_connected_then_metrics_with_cursor_ids(
-    running: Running, http: httpx.AsyncClient
+    http: httpx.AsyncClient, streams: httpx.AsyncClient
 ) -> None:
-    async with http.stream("GET", "/stream/metrics", params={"tool_id": "a"}) as response:
+    async with streams.stream("GET", "/stream/metrics", params={"tool_id": "a"}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         frames = events(response)
@@ -40,15 +40,17 @@ async def test_sse_streams_connected_then_metrics_with_cursor_ids(
     assert checked(metrics["data"])["cursor"] == metrics["id"]
 
 
-async def test_sse_sends_a_retry_hint(running: Running, http: httpx.AsyncClient) -> None:
-    async with http.stream("GET", "/stream/metrics") as response:
+async def test_sse_sends_a_retry_hint(streams: httpx.AsyncClient) -> None:
+    async with streams.stream("GET", "/stream/metrics") as response:
         with anyio.fail_after(5):
             first = await anext(response.aiter_lines())
     assert first == "retry: 3000"
 
 
-async def test_last_event_id_resumes_exactly(running: Running, http: httpx.AsyncClient) -> None:
-    async with http.stream("GET", "/stream/metrics") as response:
+async def test_last_event_id_resumes_exactly(
+    http: httpx.AsyncClient, streams: httpx.AsyncClient
+) -> None:
+    async with streams.stream("GET", "/stream/metrics") as response:
         frames = events(response)
         with anyio.fail_after(5):
             await anext(frames)
@@ -56,7 +58,7 @@ async def test_last_event_id_resumes_exactly(running: Running, http: httpx.Async
             last_id = (await anext(frames))["id"]
     missed = [await push(http, metrics={"total": 2 + i}) for i in range(12)]
     headers = {"Last-Event-ID": last_id}
-    async with http.stream("GET", "/stream/metrics", headers=headers) as response:
+    async with streams.stream("GET", "/stream/metrics", headers=headers) as response:
         frames = events(response)
         with anyio.fail_after(5):
             hello = checked((await anext(frames))["data"])
@@ -65,8 +67,8 @@ async def test_last_event_id_resumes_exactly(running: Running, http: httpx.Async
     assert [int(f["id"].rsplit(":", 1)[1]) for f in got] == missed
 
 
-async def test_bad_parameters_are_422(running: Running, http: httpx.AsyncClient) -> None:
-    response = await http.get("/stream/metrics", params={"colour": "red"})
+async def test_bad_parameters_are_422(streams: httpx.AsyncClient) -> None:
+    response = await streams.get("/stream/metrics", params={"colour": "red"})
     assert response.status_code == 422 and "colour" in response.json()["error"]
 
 
