@@ -78,6 +78,33 @@ def test_bad_redis_settings_exit_2(
     assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr
 
 
+GATEWAY = ["gateway", "--redis-url", "redis://127.0.0.1:1/0", "--writer-url", "http://127.0.0.1:1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["gateway", "--writer-url", "http://127.0.0.1:1"], "needs --redis-url"),
+        (["gateway", "--redis-url", "redis://127.0.0.1:1/0"], "needs --writer-url"),
+        ([*GATEWAY[:-1], "ftp://writer"], "writer_url"),
+        ([*GATEWAY, "--workers", "0"], "gateway_workers"),
+        ([*GATEWAY, "--port", "0"], "gateway_port"),
+    ],
+)
+def test_bad_gateway_flags_exit_2(args: list[str], needle: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr
+
+
+def test_a_gateway_without_a_writer_in_redis_is_one_line_and_exit_3() -> None:
+    result = run_cli(*GATEWAY, "--port", str(free_port()),
+                     env={"OMNIMETRICS_GATEWAY_START_SECONDS": "0.5"})  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot start the gateway" in lines[0], result.stderr
+
+
 def test_bad_environment_twin_exits_2(tmp_path: Path) -> None:
     result = run_cli(
         "serve", env={"OMNIMETRICS_PORT": "nope", "OMNIMETRICS_DB": str(tmp_path / "x")}
