@@ -3,7 +3,19 @@
 import asyncio
 import sys
 
-from bench import catchup, history, ingest, latest, push, retention, scrape, soak, storm, stream
+from bench import (
+    catchup,
+    gateway,
+    history,
+    ingest,
+    latest,
+    push,
+    retention,
+    scrape,
+    soak,
+    storm,
+    stream,
+)
 
 
 def main() -> int:
@@ -21,6 +33,8 @@ def main() -> int:
         catchup.run()
     if only in (None, "storm"):
         storm.run()
+    if only in (None, "gateway"):
+        gateway.run()
     if only in (None, "history"):
         history.run()
     if only in (None, "latest"):

@@ -8,6 +8,7 @@ clients whose cursors reach back further are caught up from the writer's
 
 import contextlib
 import gc
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -153,6 +154,7 @@ async def health(request: Request, params: Annotated[NoParams, Query()]) -> JSON
         "reasons": reasons,
         "role": "gateway",
         "gateway": {
+            "pid": os.getpid(),  # which worker answered (`--workers`)
             "position": reader.position,
             "redis_connected": reader.connected,
             "writer_heard": watch.writer_heard,
