@@ -9,6 +9,9 @@ single-process one.
   server fan-out (target <= 10 ms) and commit-to-receive p99 (target <= 25 ms), beside
   `serve` alone with the same clients and the single-thread floor of writing the same
   bytes to 1,000 sockets.
+- A crowd: 10,000 idle + 1,000 active clients over `--workers 2`: commit-to-receive p99
+  (target <= 100 ms), the workers' RSS per idle connection (target <= 25 KiB), and Redis's
+  CPU and memory per batch.
 """
 
 import asyncio
@@ -20,9 +23,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
+from redis import Redis
 
 from bench import write_floor
 from bench.catchup import SMALL, _receive, _wait_quiet, store_small
+from bench.scrape import cpu_seconds
 from bench.stream import (
     BATCHES,
     CLIENT_PROCESSES,
@@ -30,11 +35,13 @@ from bench.stream import (
     LATENCY_CLIENTS,
     arrivals,
     client_pool,
+    clients,
     commit_times,
     fmt,
     free_port,
     process,
     push_ours,
+    rss_kib,
     summarize,
     wait_http,
 )
@@ -59,12 +66,25 @@ def writer(tmp: Path, db: Path, redis: RedisServer, commits: Path | None = None)
 
 @contextlib.contextmanager
 def gateway(redis: RedisServer, writer_addr: str, workers: int) -> Iterator[str]:
+    with gateway_pids(redis, writer_addr, workers) as (addr, _):
+        yield addr
+
+
+@contextlib.contextmanager
+def gateway_pids(
+    redis: RedisServer, writer_addr: str, workers: int
+) -> Iterator[tuple[str, list[int]]]:
+    """A gateway, its address and its serving processes (the workers, or itself)."""
     port = free_port()
     with process("-m", "omnimetrics.cli", "gateway", "--redis-url", redis.url, "--writer-url",
                  f"http://{writer_addr}", "--port", str(port),
-                 "--workers", str(workers)):  # fmt: skip
+                 "--workers", str(workers)) as proc:  # fmt: skip
         wait_http(f"http://127.0.0.1:{port}/health")
-        yield f"127.0.0.1:{port}"
+        pids = [proc.pid]
+        if workers > 1:
+            listing = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            pids = [int(p) for p in listing.read_text().split()]
+        yield f"127.0.0.1:{port}", pids
 
 
 def catch_up(tmp: Path, redis: RedisServer) -> None:
@@ -137,6 +157,41 @@ def fan_out(tmp: Path, redis: RedisServer) -> None:
     print("  targets (2 workers): server fan-out <= 10 ms, commit-to-receive p99 <= 25 ms")
 
 
+IDLE = 10_000
+
+
+def crowd(tmp: Path, redis: RedisServer) -> None:
+    assert redis.process is not None
+    commits = tmp / "commits-crowd.json"
+    with writer(tmp, tmp / "crowd.duckdb", redis, commits) as addr:
+        with gateway_pids(redis, addr, 2) as (gw, pids):
+            time.sleep(1)
+            before = sum(rss_kib(pid) for pid in pids)
+            with contextlib.ExitStack() as idle:
+                for _ in range(2):
+                    # Idle: connected, subscribed to a tool that sends nothing now.
+                    url = f"ws://{gw}/ws/metrics?tool_id=idle"
+                    idle.enter_context(clients("idle", url, IDLE // 2))
+                time.sleep(2)
+                per_idle = (sum(rss_kib(pid) for pid in pids) - before) / IDLE
+                client = Redis.from_url(redis.url)
+                redis_cpu = cpu_seconds(redis.process.pid)
+                run = _latency(addr, gw, 2)
+                redis_cpu = cpu_seconds(redis.process.pid) - redis_cpu
+                entries = int(client.xlen("omnimetrics:batches"))
+                stream_bytes = int(client.memory_usage("omnimetrics:batches") or 0)
+    c = summarize(run.arrived, commit_times(commits), BATCHES, LATENCY_CLIENTS)
+    print(f"gateway crowd: {IDLE:,} idle (a quiet tool's) + {LATENCY_CLIENTS:,} active (every "
+          "batch) WS clients over 2 workers")  # fmt: skip
+    print(f"  commit-to-receive of the active ones: {fmt(c)} (target p99 <= 100)")
+    print(f"  workers' RSS per idle connection: {per_idle:.1f} KiB (target <= 25)")
+    print(f"  Redis: {redis_cpu * 1000:.0f} ms CPU over the {BATCHES} s of batches, "
+          f"{redis_cpu / BATCHES * 1000:.2f} ms per ~1 KB batch (its XADD, the 2 workers' "
+          "reads, and the heartbeats and settings polls meanwhile); its stream holds "
+          f"{entries} entries in {stream_bytes:,} B ({stream_bytes / max(entries, 1):,.0f} B "
+          "per batch)")  # fmt: skip
+
+
 def run() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -145,3 +200,4 @@ def run() -> None:
             redis.stop()
             redis.start()
             fan_out(tmp, redis)
+            crowd(tmp, redis)

@@ -190,6 +190,30 @@ async def test_clients_on_two_gateways_get_their_batches_once_across_redis_and_w
                     assert [w.reconnects for w in watchers] == [0] * len(watchers)
 
 
+async def test_a_stalled_gateway_slows_neither_the_writer_nor_another_gateway(
+    tmp_path: Path,
+) -> None:
+    db, pusher, loops = tmp_path / "w.duckdb", Pusher(), []
+    with RedisServer(tmp_path) as redis, writer(db, redis, free_port()) as base:
+        stalled = create_gateway(Settings(redis_url=redis.url, writer_url=base))
+        with serve(stalled, loops=loops) as a, gateway(redis, base) as b:
+            watchers = [Watcher(a), Watcher(b)]
+            async with watching(watchers):
+                await pusher.push(base, 3)
+                await settled(pusher, watchers)
+                # Gateway A's event loop is held for 5 s (a process that stops, a long GC).
+                loops[0].call_soon_threadsafe(time.sleep, 5)
+                await asyncio.sleep(0.1)
+                started = time.monotonic()
+                await pusher.push(base, 10)
+                pushing = time.monotonic() - started
+                await settled(pusher, [watchers[1]])
+                took = time.monotonic() - started
+                assert pushing < 3 and took < 4, (pushing, took)  # inside A's stall
+                assert len(watchers[0].seqs) == 3
+                await settled(pusher, watchers)  # A catches up once it runs again
+
+
 async def test_a_cursor_from_one_gateway_resumes_on_another_from_before_the_streams_start(
     tmp_path: Path,
 ) -> None:
