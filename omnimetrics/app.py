@@ -195,6 +195,18 @@ async def _keep_retention(
         unsubscribe()
 
 
+def stream_hub(
+    settings: Settings, epoch: str, position: int, tenants: TenantRegistry, metrics: Metrics
+) -> Hub:
+    """The streams' hub, with the settings' budget, keepalive and limits (serve's and a
+    gateway's alike), paced by the tenants' settings."""
+    limits = StreamLimits(settings.max_streams, settings.max_streams_per_tenant,
+                          settings.new_streams_per_second)  # fmt: skip
+    return Hub(epoch, position, budget=settings.stream_queue_bytes,
+               keepalive_seconds=settings.sse_keepalive_seconds, policy=tenants.policy,
+               limits=limits, observe_delivery=metrics.observe_delivery)  # fmt: skip
+
+
 @asynccontextmanager
 async def background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
     """Run `work` as a task for the life of the block; cancel and await it on exit."""
@@ -232,19 +244,7 @@ def create_app(
             stack.push_async_callback(writer.close)
             await writer.start()
             tenants = TenantRegistry(await _seed_tenants(db, writer, config))
-            hub = Hub(
-                db.epoch,
-                writer.last_seq,
-                budget=settings.stream_queue_bytes,
-                keepalive_seconds=settings.sse_keepalive_seconds,
-                policy=tenants.policy,
-                limits=StreamLimits(
-                    settings.max_streams,
-                    settings.max_streams_per_tenant,
-                    settings.new_streams_per_second,
-                ),  # fmt: skip
-                observe_delivery=metrics.observe_delivery,
-            )
+            hub = stream_hub(settings, db.epoch, writer.last_seq, tenants, metrics)
             stack.callback(hub.close)
             publisher = None
             if settings.redis_url is not None:

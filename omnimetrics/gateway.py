@@ -19,7 +19,7 @@ import httpx
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 
-from omnimetrics.app import App, Drain, background
+from omnimetrics.app import App, Drain, background, stream_hub
 from omnimetrics.health import failing, streams_report
 from omnimetrics.metrics import Metrics
 from omnimetrics.settings import Settings
@@ -30,7 +30,7 @@ from schemas.outcomes import Outcome
 from schemas.tenants import TenantRegistry, TenantSettings
 from schemas.times import rfc3339, utcnow
 from stream.batches import Batch
-from stream.hub import Hub, StreamLimits
+from stream.hub import Hub
 from stream.redis_stream import (
     GatewayStart,
     RedisReader,
@@ -86,19 +86,7 @@ def create_gateway(settings: Settings, start: GatewayStart | None = None) -> App
             begun = start or await gateway_start(redis_url, settings.redis_prefix,
                                                  settings.gateway_start_seconds)  # fmt: skip
             tenants = TenantRegistry(begun.tenants)
-            hub = Hub(
-                begun.epoch,
-                begun.position,
-                budget=settings.stream_queue_bytes,
-                keepalive_seconds=settings.sse_keepalive_seconds,
-                policy=tenants.policy,
-                limits=StreamLimits(
-                    settings.max_streams,
-                    settings.max_streams_per_tenant,
-                    settings.new_streams_per_second,
-                ),  # fmt: skip
-                observe_delivery=metrics.observe_delivery,
-            )
+            hub = stream_hub(settings, begun.epoch, begun.position, tenants, metrics)
             stack.callback(hub.close)
             stack.callback(tenants.subscribe(partial(_follow, hub)))
             replay = ReplayGate(settings.max_replay_reads, settings.max_replaying_clients)
