@@ -95,6 +95,7 @@ def create_gateway(settings: Settings, start: GatewayStart | None = None) -> App
             source = RemoteSource(fill, replay, recent)
 
             def deliver(batches: Sequence[Batch], upto: int) -> None:
+                # `commit_to_sent_ms` counts from here: the commit's clock is the writer's.
                 hub.dispatch(batches, upto, time.perf_counter())
                 recent.add(batches, upto)
 
