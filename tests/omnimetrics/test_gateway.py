@@ -47,15 +47,10 @@ class Watcher:
         self.url, self.query = url, query
         self.seqs: list[int] = []
         self.cursor: str | None = None
+        self.started: int | None = None  # the seq its first `connected` said it starts after
         self.reconnects = 0
 
-    @property
-    def start(self) -> int:
-        assert self.cursor is not None
-        return int(self.cursor.rpartition(":")[2])
-
     async def run(self) -> None:
-        self.started: int | None = None
         while True:
             since = f"&since={self.cursor}" if self.cursor else ""
             try:
@@ -63,7 +58,7 @@ class Watcher:
                     hello = orjson.loads(await ws.recv())
                     if self.cursor is None:
                         self.cursor = hello["cursor"]
-                        self.started = self.start
+                        self.started = int(hello["cursor"].rpartition(":")[2])
                     async for text in ws:
                         message = orjson.loads(text)
                         if message["type"] == "metrics":
