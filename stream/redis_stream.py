@@ -5,9 +5,12 @@ approximately to `maxlen` entries; each series' strings once in the hash
 
 Publishing never blocks or fails a commit: the tail hands over what it read and goes on;
 anything the publisher has not got (it was disconnected, it fell behind, the process
-restarted, Redis lost its data) is read again from the store, from the stream's top. Redis
-refuses an id not above the stream's top, so publishing twice stores once. The stream's
-database epoch is kept in `<prefix>:epoch`: a stream of another database is dropped.
+restarted, Redis lost its data) is read again from the store, from the stream's top. Each
+append is a script that writes only onto the entry this process last saw on top, so a
+Redis that restarted empty (or from an older snapshot) is noticed at the next append
+whatever the client library did to the connection, and publishing twice stores once. The
+stream's database epoch is kept in `<prefix>:epoch`: a stream of another database is
+dropped.
 
 For gateways the writer also keeps, beside the stream, every tenant's settings (the hash
 `<prefix>:tenants`, tenant -> JSON, with a counter `<prefix>:tenants:version` bumped on
@@ -33,7 +36,7 @@ import numpy as np
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from schemas.db import Database
 from schemas.outcomes import Outcome, describe
@@ -116,6 +119,7 @@ class RedisPublisher:
         self.published = 0  # the stream's top, as far as this process knows
         self.connected = False
         self.entries = 0  # appended, since start
+        self._top = ""  # the stream's last entry id as this process last saw it ("": none)
 
     def offer(self, chunk: Chunk) -> None:
         """The tail's hand-over (never waits): kept while little is queued."""
@@ -158,8 +162,9 @@ class RedisPublisher:
             await client.delete(self.stream, self.series_key, self.keys.tenants)
         await client.set(self.epoch_key, self._epoch)
         top = await client.xrevrange(self.stream, count=1)
+        self._top = _text(top[0][0]) if top else ""
         floor = await self._db.read(partial(_floor, head=self._head, batches=self._maxlen))
-        self.published = max(floor, entry_seq(top[0][0]) if top else 0)
+        self.published = max(floor, entry_seq(self._top) if top else 0)
 
     async def _publish(self, client: aioredis.Redis) -> None:
         while True:
@@ -211,8 +216,9 @@ class RedisPublisher:
         return chunk
 
     async def _append(self, client: aioredis.Redis, batches: list[Batch]) -> None:
-        """One round trip: the series Redis lacks, then each batch (an id Redis already
-        has is refused, which is the point)."""
+        """One round trip: the series Redis lacks, then each batch, written only if the
+        stream's top is still the entry this process last saw there (else `Moved`); an id
+        Redis has had before is refused, which is the point."""
         if not batches:
             return
         fresh: dict[int, bytes] = {}
@@ -220,19 +226,53 @@ class RedisPublisher:
             for i in batch_series(batch):
                 if i not in self._known and i not in fresh:
                     fresh[i] = series_bytes(batch.block.series[i])
-        async with client.pipeline(transaction=False) as pipe:
-            if fresh:
-                pipe.hset(self.series_key, mapping={str(i): v for i, v in fresh.items()})
-            for batch in batches:
-                pipe.xadd(self.stream, {"b": encode_batch(batch)}, id=f"{batch.last_seq}-0",
-                          maxlen=self._maxlen, approximate=True)  # fmt: skip
-            results = await pipe.execute(raise_on_error=False)
-        appended = results[1:] if fresh else results
-        for result in results:
-            if isinstance(result, Exception) and not _already_there(result):
-                raise result
+        args: list[bytes | str | int] = [self._top, self._maxlen, len(fresh)]
+        for i, value in fresh.items():
+            args += [i, value]
+        for batch in batches:
+            args += [f"{batch.last_seq}-0", encode_batch(batch)]
+        outcome, *rest = await client.eval(_APPEND, 2, self.stream, self.series_key, *args)
+        if _text(outcome) == "moved":
+            raise Moved(f"{self.stream}'s top is {_text(rest[0]) or 'gone'}, not {self._top}")
+        added, top = rest
+        self._top = _text(top)
         self._known.update(fresh)
-        self.entries += sum(not isinstance(result, Exception) for result in appended)
+        self.entries += int(added)
+
+
+class Moved(RedisError):
+    """The stream is not as this process left it (Redis restarted empty, or from an older
+    snapshot): where it stands is read anew, and what it lacks published from the store."""
+
+
+# Appends batches only onto the entry the publisher last saw on top (KEYS[1], the stream;
+# KEYS[2], the series hash). A check before a pipeline would not do: a client library may
+# reconnect behind the caller's back (redis-py 8.2 does, to an idle connection the server
+# closed), and a Redis that restarted empty would then take the new batches as if the
+# earlier ones were there. ARGV: the top expected ('' for none), maxlen, the number of
+# series, (id, strings) per series, then (entry id, batch) per batch. Returns
+# {'moved', the top found} or {'ok', entries added, the top now}; an id not above every
+# id the stream has had is refused by XADD and skipped (published before).
+_APPEND = """
+local function top()
+  local entry = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  return entry and entry[1] or ''
+end
+local found = top()
+if found ~= ARGV[1] then return {'moved', found} end
+local series = tonumber(ARGV[3])
+for i = 4, 3 + 2 * series, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local added = 0
+for i = 4 + 2 * series, #ARGV, 2 do
+  local reply = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i], 'b', ARGV[i + 1])
+  if type(reply) == 'table' and reply.err then
+    if not string.find(reply.err, 'equal or smaller', 1, true) then return reply end
+  else
+    added = added + 1
+  end
+end
+return {'ok', added, top()}
+"""
 
 
 _FLOOR = """
@@ -255,11 +295,6 @@ def entry_seq(entry_id: bytes | str | None) -> int:
 
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value or ""
-
-
-def _already_there(error: Exception) -> bool:
-    """Redis's refusal of an id not above the stream's top (published before)."""
-    return isinstance(error, ResponseError) and "equal or smaller" in str(error)
 
 
 Deliver = Callable[[list[Batch], int], None]  # batches, and the seq they reach
