@@ -76,6 +76,8 @@ class Columns:
         return len(self.tenants)
 
     def keys(self) -> list[EventKey | None]:
+        if not any(self.event_ids):  # none given (an id is never empty): no tuples to make
+            return [None] * len(self.tenants)
         return [
             (t, e) if e is not None else None
             for t, e in zip(self.tenants, self.event_ids, strict=True)
@@ -130,13 +132,13 @@ def _columns(events: list[_Event]) -> Columns | None:
         return None
     # A name is at most 4 bytes a character: only long ones can pass the byte limit.
     long = MAX_NAME_BYTES // 4
-    if any(len(n) > long and len(n.encode()) > MAX_NAME_BYTES for n in names):
+    if max(map(len, names)) > long and any(len(n.encode()) > MAX_NAME_BYTES for n in names):
         return None
-    tenants = [t if type(t) is str else "local" for t in given]
+    tenants, named = _tenants(given)
     if not all(_TENANT.fullmatch(t) for t in set(tenants)):
         return None
-    if not all(_plain([t for t in column if t is not None])
-               for column in (source, tool, session, event_id)):  # fmt: skip
+    # None and "" hold no control character: `filter` leaves them out in C.
+    if not all(_plain(list(filter(None, column))) for column in (source, tool, session, event_id)):
         return None
     ts = _times(pa.array(ts_text, pa.string()))
     if ts is None:
@@ -160,8 +162,19 @@ def _columns(events: list[_Event]) -> Columns | None:
         ],
         schema=SAMPLE_SCHEMA,
     )  # fmt: skip
-    named = [type(t) is str for t in given]
-    return Columns(table, row_event, list(event_id), tenants, named)
+    return Columns(table, row_event, event_id, tenants, named)
+
+
+def _tenants(given: list[str | msgspec.UnsetType]) -> tuple[list[str], list[bool]]:
+    """Each event's tenant ("local" where it named none) and whether it named one; per
+    event in Python only when some events name one and others do not."""
+    distinct = set(given)
+    n = len(given)
+    if msgspec.UNSET not in distinct:
+        return given, [True] * n  # type: ignore[return-value]
+    if len(distinct) == 1:
+        return ["local"] * n, [False] * n
+    return [t if type(t) is str else "local" for t in given], [type(t) is str for t in given]
 
 
 def _times(texts: pa.Array) -> pa.Array | None:

@@ -20,14 +20,9 @@ from schemas.series_migration import SERIES_KEYS_SCHEMA
 
 # Tables are constants: the only identifiers the writer ever puts into SQL. Arrow tables
 # are inserted by position (`SELECT *`), so each is built in its table's column order.
-POINTS_COLUMNS = ("seq", "batch", "ts", "series_id", "kind", "value")
 _INSERT_SERIES = "INSERT INTO series_keys SELECT * FROM incoming"
 _INSERT_POINTS = "INSERT INTO points SELECT * FROM incoming"
 _INSERT_SCRAPES = "INSERT INTO scrapes SELECT * FROM incoming"
-_INSERT_KEYS = """
-INSERT INTO ingest_events
-SELECT unnest($tenants) AS tenant_id, unnest($ids) AS event_id, unnest($batches) AS batch
-"""
 EXISTING_KEYS = """
 SELECT k.tenant_id, k.event_id
 FROM (SELECT unnest($tenants) AS tenant_id, unnest($ids) AS event_id) k
@@ -35,6 +30,7 @@ SEMI JOIN ingest_events e ON e.tenant_id = k.tenant_id AND e.event_id = k.event_
 """
 
 EventKey = tuple[str, str]  # (tenant_id, event_id)
+PointRow = tuple[int, int, datetime, int, str, float]  # a `points` row, in column order
 Events = Sequence[tuple[EventKey | None, Sequence[SampleRow]]]  # one push request, as rows
 
 
@@ -103,7 +99,7 @@ class Staged(NamedTuple):
     tenants: frozenset[str]  # whose rows it holds (for the announcement)
     last_ts: datetime | None  # its last row's time (rows are in time order)
     resolved: Resolved
-    points: pa.Table  # what goes into `points`
+    points: pa.Table | list[PointRow]  # what goes into `points` (a small group's as rows)
     scrapes: pa.Table | None
     keys: list[EventKey]  # idempotency keys it stores
 
@@ -118,27 +114,56 @@ def with_labels(table: pa.Table) -> pa.Table:
     return table.append_column("labels", none)
 
 
-def insert(con: duckdb.DuckDBPyConnection, staged: Sequence["Staged"]) -> None:
-    """Insert the batches `staged` atomically, one statement per table for all of them:
-    in a transaction when that takes more than one statement, else as the statement alone
-    (a transaction of its own: BEGIN and COMMIT cost a statement each, a third of a small
-    push group's time here)."""
-    points = [s.points for s in staged if s.points.num_rows]
+class Appenders:
+    """The write connection's appenders, one per table, made when first used: rows that
+    Python holds go in without a statement to parse or an Arrow scan that calls back into
+    Python. Each call back waits for the GIL, which a busy event loop holds up to a switch
+    interval: a group of eight small pushes took ~10 ms to insert through an Arrow scan
+    beside a thread running Python, ~2.8 ms through an appender (0.8 and 0.7 alone)."""
+
+    TABLES = frozenset(("points", "ingest_events"))  # the only tables appended to
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+        self._made: dict[str, duckdb.Appender] = {}
+
+    def append(self, table: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """Append `rows` (in the table's column order) with one flush, in the connection's
+        transaction: all of them, or none and the error."""
+        if table not in self.TABLES:
+            raise ValueError(f"not a table rows are appended to: {table!r}")
+        appender = self._made.get(table)
+        if appender is None:
+            appender = self._made[table] = self._con.appender(table)
+        try:
+            appender.append_rows(rows)
+            appender.flush()
+        except BaseException:
+            appender.clear()  # nothing of a failed write is kept for the next one
+            raise
+
+
+def insert(
+    con: duckdb.DuckDBPyConnection, appenders: Appenders, staged: Sequence["Staged"]
+) -> None:
+    """Insert the batches `staged` atomically, one statement (or appender flush) per table
+    for all of them: in a transaction when that takes more than one, else alone (a
+    transaction of its own: BEGIN and COMMIT cost a statement each, a third of a small push
+    group's time here)."""
+    rows = [row for s in staged if isinstance(s.points, list) for row in s.points]
+    points = [s.points for s in staged if isinstance(s.points, pa.Table) and s.points.num_rows]
     series = [s.resolved.new for s in staged if s.resolved.new.num_rows]
     scrapes = [s.scrapes for s in staged if s.scrapes is not None]
-    keyed = [(key, s.commit.batch) for s in staged for key in s.keys]
+    keyed = [(*key, s.commit.batch) for s in staged for key in s.keys]
     steps: list[Callable[[], object]] = []
     for statement, tables in ((_INSERT_SERIES, series), (_INSERT_POINTS, points),
                               (_INSERT_SCRAPES, scrapes)):  # fmt: skip
         if tables:
             steps.append(partial(_insert_arrow, con, statement, pa.concat_tables(tables)))
+    if rows:
+        steps.append(partial(appenders.append, "points", rows))
     if keyed:
-        params = {
-            "tenants": [k[0] for k, _ in keyed],
-            "ids": [k[1] for k, _ in keyed],
-            "batches": [b for _, b in keyed],
-        }
-        steps.append(lambda: con.execute(_INSERT_KEYS, params))
+        steps.append(partial(appenders.append, "ingest_events", keyed))
     if not steps:
         return
     if len(steps) == 1:
@@ -158,7 +183,6 @@ def insert(con: duckdb.DuckDBPyConnection, staged: Sequence["Staged"]) -> None:
 SMALL_GROUP_ROWS = 512
 _NO_NEW_SERIES = pa.Table.from_pylist([], schema=SERIES_KEYS_SCHEMA)
 _NO_SERIES = Resolved(pa.array([], pa.int64()), None, _NO_NEW_SERIES, [], Counter(), 0)
-_TS = pa.timestamp("us", tz="UTC")
 
 
 def stage_known(
@@ -169,8 +193,8 @@ def stage_known(
     seq: int,
 ) -> list["Staged | None"] | None:
     """The batches of a small group of pushes whose rows are all of known series, numbered
-    from `batch` and `seq`, with their rows in one points table; None when a row is of a
-    new series (the column path resolves those, under the tenants' limits).
+    from `batch` and `seq`, each with its `points` rows; None when a row is of a new series
+    (the column path resolves those, under the tenants' limits).
 
     Per row, in Python: for a few hundred rows that costs less than the dozen Arrow
     kernels of the column path, whose fixed cost is most of a small push's."""
@@ -183,31 +207,20 @@ def stage_known(
         if None in ids:
             return None
         plans.append((rows, ids, mine))
-    everything = [row for rows, _, _ in plans for row in rows]
-    batches = [batch + i for i, (rows, _, _) in enumerate(plans) for _ in rows]
-    points = pa.Table.from_arrays(
-        [
-            pa.array(np.arange(seq, seq + len(everything), dtype=np.int64)),
-            pa.array(batches, pa.int64()),
-            pa.array([row.ts for row in everything], _TS),
-            pa.array([i for _, ids, _ in plans for i in ids], pa.int64()),
-            pa.array([row.kind for row in everything], pa.string()),
-            pa.array([row.value for row in everything], pa.float64()),
-        ],
-        names=list(POINTS_COLUMNS),
-    )
     out: list[Staged | None] = []
-    offset = 0
-    for rows, _, keys in plans:
+    for rows, ids, keys in plans:
         n = len(rows)
         if n == 0 and not keys:
             out.append(None)
             continue
+        points = [
+            (seq + i, batch, row.ts, series, row.kind, row.value)
+            for i, (row, series) in enumerate(zip(rows, ids, strict=True))
+        ]
         commit = Commit(batch, seq, seq + n - 1, n)
         tenants = frozenset(row.tenant_id for row in rows)
         last = rows[-1].ts if rows else None
-        out.append(Staged(commit, tenants, last, _NO_SERIES, points.slice(offset, n), None, keys))
-        offset += n
+        out.append(Staged(commit, tenants, last, _NO_SERIES, points, None, keys))
         batch += 1
         seq += n
     return out
@@ -258,7 +271,7 @@ def _unclaimed_rows(
 def _unclaimed(request: Pushed, claimed: set[EventKey]) -> tuple[pa.Table, list[EventKey]]:
     """`tables_of` for columns: the rows of unclaimed events, in time order (stable)."""
     dropped, mine = [], []
-    for i, key in enumerate(request.keys):
+    for i, key in enumerate(request.keys if any(request.keys) else ()):
         if key is not None:
             if key in claimed:
                 dropped.append(i)

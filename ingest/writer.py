@@ -29,6 +29,7 @@ from ingest.series import DEFAULT_MAX_SERIES_PER_TENANT, Resolved, SeriesIndex, 
 from ingest.staging import (
     EXISTING_KEYS,
     SMALL_GROUP_ROWS,
+    Appenders,
     Commit,
     EventKey,
     Events,
@@ -87,6 +88,21 @@ class Expired(Exception):
         )
 
 
+_Push = tuple[Request, "asyncio.Future[Commit | None]"]  # a push request and its answer
+_Answer = tuple["asyncio.Future[Commit | None]", "Commit | BaseException | None"]
+
+
+def _answer(answers: list[_Answer]) -> None:
+    """On the event loop: each request's outcome, unless its client has gone."""
+    for done, outcome in answers:
+        if done.done():
+            continue
+        if isinstance(outcome, BaseException):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
+
+
 class Writer:
     """Owns the one write connection. Start it, append through it, close it."""
 
@@ -107,6 +123,7 @@ class Writer:
             max_workers=1, thread_name_prefix="omnimetrics-writer"
         )
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._appenders: Appenders | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_seq = 1
@@ -116,8 +133,9 @@ class Writer:
         self.transactions = 0  # committed, since start (group commit: fewer than batches)
         self.batches = 0  # committed, since start
         self.rows = 0
-        self._pushes: list[tuple[Request, concurrent.futures.Future[Commit | None]]] = []
+        self._pushes: list[_Push] = []
         self._pushes_lock = threading.Lock()
+        self._drain_pending = False  # a drain is submitted that has not taken the pushes yet
         self.series_skipped = 0  # scraped samples left out: new series over a tenant's limit
         self.cutoffs = retention.Cutoffs()  # what retention deleted; pushes before it fail
         self.retained: retention.Retained | None = None  # the latest retention run
@@ -136,6 +154,7 @@ class Writer:
 
     def _open(self) -> None:
         self._con = self._db.cursor()
+        self._appenders = Appenders(self._con)
         # Derived, not stored: nothing deletes the newest rows, so the maximum is durable.
         seq, batch = self._con.execute(
             "SELECT coalesce(max(seq), 0), coalesce(max(batch), 0) FROM points"
@@ -165,23 +184,36 @@ class Writer:
         nothing, and answered only once that transaction has committed."""
         if self._closing:  # refused (503), not lost: the client may send it again
             raise WriteFailed(RuntimeError("the server is shutting down"))
-        done: concurrent.futures.Future[Commit | None] = concurrent.futures.Future()
+        done: asyncio.Future[Commit | None] = asyncio.get_running_loop().create_future()
         with self._pushes_lock:
             self._pushes.append((events, done))
-        self._executor.submit(self._drain_pushes)
-        return await asyncio.wrap_future(done)
+            drain, self._drain_pending = not self._drain_pending, True
+        if drain:  # one drain takes every push waiting when it starts
+            self._executor.submit(self._drain_pushes)
+        return await done
 
     def _drain_pushes(self) -> None:
         """Write every push waiting now in one transaction, with one insert per table for
         them all; a request that cannot be written (its series over the limit) fails
         alone. If the transaction itself fails, each request is retried in a transaction
-        of its own, so one never sinks another."""
+        of its own, so one never sinks another. The requests are answered together, with
+        one call into the event loop."""
         with self._pushes_lock:
-            group = [(e, f) for e, f in self._pushes if f.set_running_or_notify_cancel()]
+            # A request whose client has gone is not written (a benign race: one cancelled
+            # just after this look is written, as if it had gone a moment later).
+            group = [(e, f) for e, f in self._pushes if not f.cancelled()]
             self._pushes.clear()
-        group = self._refuse_expired(group)
+            self._drain_pending = False
+        answers: list[tuple[asyncio.Future[Commit | None], Commit | BaseException | None]] = []
+        try:
+            self._write_group(self._refuse_expired(group, answers), answers)
+        finally:
+            if answers and self._loop is not None:
+                self._loop.call_soon_threadsafe(_answer, answers)
+
+    def _write_group(self, group: list[_Push], answers: list[_Answer]) -> None:
         if not group:
-            return  # an earlier drain took them (or every one was too old)
+            return
         con = self._connection()
         results: list[Staged | TooManySeries | None] = []
         try:
@@ -190,24 +222,19 @@ class Writer:
         except Exception as exc:
             failed = self._failed(exc)
             if len(group) == 1:
-                group[0][1].set_exception(failed)
+                answers.append((group[0][1], failed))
                 return
             for events, done in group:  # one at a time: only the bad one fails
                 try:
-                    done.set_result(self._write_events(events))
+                    answers.append((done, self._write_events(events)))
                 except Exception as alone:
-                    done.set_exception(alone)
+                    answers.append((done, alone))
             return
         self._finish([r for r in results if isinstance(r, Staged)])
         for (_, done), result in zip(group, results, strict=True):
-            if isinstance(result, TooManySeries):
-                done.set_exception(result)
-            else:
-                done.set_result(result.commit if result is not None else None)
+            answers.append((done, result if not isinstance(result, Staged) else result.commit))
 
-    def _refuse_expired(
-        self, group: list[tuple[Request, concurrent.futures.Future[Commit | None]]]
-    ) -> list[tuple[Request, concurrent.futures.Future[Commit | None]]]:
+    def _refuse_expired(self, group: list[_Push], answers: list[_Answer]) -> list[_Push]:
         """The requests to write; each one with a sample before its tenant's raw cutoff
         fails alone (checked here, on the writer's thread, so retention cannot move the
         cutoff between the check and the commit)."""
@@ -219,7 +246,7 @@ class Writer:
             if old is None:
                 out.append((events, done))
             else:
-                done.set_exception(Expired(*old))
+                answers.append((done, Expired(*old)))
         return out
 
     def _write_events(self, events: Request) -> Commit | None:
@@ -241,7 +268,7 @@ class Writer:
         before it, are left out. Known series resolve for all requests at once; a group
         that brings new series resolves request by request, so the limit fails only the
         request that would pass it."""
-        everything = [key for request in requests for key in keys_in(request) if key is not None]
+        everything = [key for request in requests for key in filter(None, keys_in(request))]
         stored: set[EventKey] = set()
         if everything:
             params = {"tenants": [k[0] for k in everything], "ids": [k[1] for k in everything]}
@@ -416,7 +443,8 @@ class Writer:
 
     def _insert(self, con: duckdb.DuckDBPyConnection, staged: Sequence[Staged]) -> None:
         started = time.perf_counter()
-        insert(con, staged)
+        assert self._appenders is not None  # made with the connection
+        insert(con, self._appenders, staged)
         if self._observe_commit is not None:
             self._observe_commit(time.perf_counter() - started)
 
@@ -456,6 +484,11 @@ class Writer:
         # order); later ones are refused.
         self._closing = True
         if self._con is not None:
-            await self._run(self._con.close)
-            self._con = None
+            await self._run(self._close_connection)
         self._executor.shutdown(wait=True)
+
+    def _close_connection(self) -> None:
+        self._appenders = None  # they hold the connection (and nothing unflushed)
+        if self._con is not None:
+            self._con.close()
+            self._con = None

@@ -17,8 +17,8 @@ from starlette.middleware.cors import CORSMiddleware
 from ingest.collector import Collector, http_client
 from ingest.jobs import CollectionJobs
 from ingest.limits import EventBudget
+from ingest.routes import push_app, write_failed_response
 from ingest.routes import router as ingest_router
-from ingest.routes import write_failed_response
 from ingest.writer import WriteFailed, Writer
 from omnimetrics.dashboard import router as dashboard_router
 from omnimetrics.dashboard import static_files
@@ -84,7 +84,8 @@ class App:
         regex = settings.origin_regex()
         self.guard = Guard(api, secret=secret, allowed_origins=settings.origins(),
                            max_body_bytes=settings.max_body_bytes,
-                           origin_regex=regex, metrics_public=settings.metrics_public)  # fmt: skip
+                           origin_regex=regex, metrics_public=settings.metrics_public,
+                           push=push_app)  # fmt: skip
         self.http: Any = metrics.count_pushes(self.guard)
         origins = settings.origins()
         if origins or regex:  # without any, browsers keep to the same origin (no CORS headers)

@@ -61,8 +61,10 @@ class Guard:
         max_body_bytes: int,
         origin_regex: str | None = None,
         metrics_public: bool = False,
+        push: ASGI | None = None,
     ) -> None:
         self.app = app
+        self.push = push or app  # `POST /ingest`, checked like every request
         self.metrics_public = metrics_public  # `/metrics` without a credential
         self.secret = secret
         self.allowed_origins = frozenset(allowed_origins)
@@ -86,7 +88,7 @@ class Guard:
                 await _json(send, exc.status, exc.reason, _challenge(exc))
                 return
         if scope["path"] == "/ingest":  # reads its own body, under the same cap
-            await self.app(scope, receive, send)
+            await (self.push if scope["method"] == "POST" else self.app)(scope, receive, send)
             return
         body = await self._read_capped(receive)
         if body is None:

@@ -168,3 +168,24 @@ def test_more_than_10000_events_is_422(base: str) -> None:
     assert response.status_code == 422
     assert "events" in response.json()["error"]
     assert stored(base) == []
+
+
+def test_push_served_beside_the_framework_keeps_cors_its_description_and_other_methods(
+    tmp_path: Path,
+) -> None:
+    """`POST /ingest` is served by its own ASGI app, not through FastAPI's stack: what a
+    browser and the API's readers see of it is unchanged."""
+    settings = Settings(db=tmp_path / "p.duckdb", allowed_origins="https://dash.example.com")
+    with serve(create_app(settings, Config(sources=[]))) as url:
+        allowed = httpx.post(f"{url}/ingest", json=event(),
+                             headers={"Origin": "https://dash.example.com"})  # fmt: skip
+        assert allowed.status_code == 202, allowed.text
+        assert allowed.headers["access-control-allow-origin"] == "https://dash.example.com"
+        other = httpx.post(f"{url}/ingest", json=event(), headers={"Origin": "https://x.example"})
+        assert "access-control-allow-origin" not in other.headers
+        assert httpx.get(f"{url}/ingest").status_code == 405
+        described = httpx.get(f"{url}/openapi.json").json()["paths"]["/ingest"]["post"]
+        assert set(described["responses"]) >= {"202", "413", "422", "429", "503", "507"}
+        bad = httpx.post(f"{url}/ingest?x=1", json=event())
+        assert bad.status_code == 422 and "x" in bad.json()["error"]
+        assert [s["value"] for s in stored(url)] == [1234, 1234]
