@@ -352,6 +352,8 @@ class SeriesIndex:
     def confirm(self, resolved: Resolved) -> None:
         """The series of `resolved` are committed: remember them (and its runs)."""
         self._segments.remember(resolved.segments)
+        if not resolved.new_keys:  # the usual push: nothing new (and no Arrow calls for it)
+            return
         for key, sid in zip(resolved.new_keys, resolved.new.column("id").to_pylist(), strict=True):
             self._ids[key] = sid
         self._per_tenant.update(resolved.new_tenants)

@@ -92,8 +92,11 @@ _Push = tuple[Request, "asyncio.Future[Commit | None]"]  # a push request and it
 _Answer = tuple["asyncio.Future[Commit | None]", "Commit | BaseException | None"]
 
 
-def _answer(answers: list[_Answer]) -> None:
-    """On the event loop: each request's outcome, unless its client has gone."""
+def _answer(signal: AppendSignal, appended: list[Appended], answers: list[_Answer]) -> None:
+    """On the event loop, in one call from the writer's thread: the batches committed,
+    announced in order, then each request's outcome (unless its client has gone)."""
+    for one in appended:
+        signal.publish(one)
     for done, outcome in answers:
         if done.done():
             continue
@@ -188,9 +191,14 @@ class Writer:
         with self._pushes_lock:
             self._pushes.append((events, done))
             drain, self._drain_pending = not self._drain_pending, True
-        if drain:  # one drain takes every push waiting when it starts
-            self._executor.submit(self._drain_pushes)
+        if drain:  # one drain takes every push waiting when it starts: the requests this
+            # round of the loop is still reading join it (it starts after them)
+            asyncio.get_running_loop().call_soon(self._submit_drain)
         return await done
+
+    def _submit_drain(self) -> None:
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: `close` drained them
+            self._executor.submit(self._drain_pushes)
 
     def _drain_pushes(self) -> None:
         """Write every push waiting now in one transaction, with one insert per table for
@@ -205,15 +213,18 @@ class Writer:
             self._pushes.clear()
             self._drain_pending = False
         answers: list[tuple[asyncio.Future[Commit | None], Commit | BaseException | None]] = []
+        appended: list[Appended] = []
         try:
-            self._write_group(self._refuse_expired(group, answers), answers)
+            appended = self._write_group(self._refuse_expired(group, answers), answers)
         finally:
-            if answers and self._loop is not None:
-                self._loop.call_soon_threadsafe(_answer, answers)
+            if (answers or appended) and self._loop is not None:
+                self._loop.call_soon_threadsafe(_answer, self._signal, appended, answers)
 
-    def _write_group(self, group: list[_Push], answers: list[_Answer]) -> None:
+    def _write_group(self, group: list[_Push], answers: list[_Answer]) -> list[Appended]:
+        """The group's transaction, each request's outcome put in `answers`; what it
+        committed (to announce, before the answers)."""
         if not group:
-            return
+            return []
         con = self._connection()
         results: list[Staged | TooManySeries | None] = []
         try:
@@ -223,16 +234,17 @@ class Writer:
             failed = self._failed(exc)
             if len(group) == 1:
                 answers.append((group[0][1], failed))
-                return
+                return []
             for events, done in group:  # one at a time: only the bad one fails
                 try:
                     answers.append((done, self._write_events(events)))
                 except Exception as alone:
                     answers.append((done, alone))
-            return
-        self._finish([r for r in results if isinstance(r, Staged)])
+            return []
+        appended = self._finish([r for r in results if isinstance(r, Staged)])
         for (_, done), result in zip(group, results, strict=True):
             answers.append((done, result if not isinstance(result, Staged) else result.commit))
+        return appended
 
     def _refuse_expired(self, group: list[_Push], answers: list[_Answer]) -> list[_Push]:
         """The requests to write; each one with a sample before its tenant's raw cutoff
@@ -404,7 +416,9 @@ class Writer:
             self._insert(con, staged)
         except Exception as exc:
             raise self._failed(exc) from exc
-        self._finish(staged)
+        appended = self._finish(staged)
+        if appended and self._loop is not None:
+            self._loop.call_soon_threadsafe(_answer, self._signal, appended, [])
         return one.commit if one is not None else None
 
     def _prepare(
@@ -455,35 +469,33 @@ class Writer:
         self.errors += 1
         return failed
 
-    def _finish(self, staged: Sequence["Staged"]) -> None:
+    def _finish(self, staged: Sequence["Staged"]) -> list[Appended]:
         """The transaction holding `staged` committed: remember its series, move the
-        counters on, and announce each batch."""
+        counters on; what to announce of each batch (the caller posts it to the loop, so
+        the stream hears of every commit even if the request that asked was cancelled)."""
         self.last_error = None
         committed_at = time.time()
         self.transactions += 1
+        appended = []
         for one in staged:
+            c = one.commit
             self.batches += 1
-            self.rows += one.commit.rows
+            self.rows += c.rows
             self.series.confirm(one.resolved)
             self.series_skipped += one.resolved.skipped
-            self._next_seq = one.commit.last_seq + 1
-            self._next_batch = one.commit.batch + 1
-            if one.commit.rows and one.last_ts is not None:
-                self._announce(one, one.last_ts, committed_at)
-
-    def _announce(self, one: Staged, last_ts: datetime, committed_at: float) -> None:
-        # Posted to the loop from this thread, so the stream hears of every commit even
-        # if the coroutine that asked for the write was cancelled meanwhile.
-        c = one.commit
-        appended = Appended(c.batch, c.first_seq, c.last_seq, last_ts, one.tenants, committed_at)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._signal.publish, appended)
+            self._next_seq = c.last_seq + 1
+            self._next_batch = c.batch + 1
+            if c.rows and one.last_ts is not None:
+                appended.append(Appended(c.batch, c.first_seq, c.last_seq, one.last_ts,
+                                         one.tenants, committed_at))  # fmt: skip
+        return appended
 
     async def close(self) -> None:
         # Pushes handed over before this still commit (the writer's thread takes work in
         # order); later ones are refused.
         self._closing = True
         if self._con is not None:
+            await self._run(self._drain_pushes)
             await self._run(self._close_connection)
         self._executor.shutdown(wait=True)
 

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -149,3 +150,34 @@ async def test_small_groups_store_what_the_column_path_stores(tmp_path: Path) ->
     per_row, columns = await stored(SMALL_GROUP_ROWS), await stored(0)
     assert per_row == columns
     assert per_row[0][-1] is None  # the repeated event ids: nothing new to write
+
+
+async def test_pushes_handed_over_just_before_close_are_committed_not_left_waiting(
+    tmp_path: Path,
+) -> None:
+    """A group's drain starts after the loop's current round (so the requests it is still
+    reading join it): pushes handed over in the round that closes the writer are committed
+    by `close`, never left waiting on a closed connection."""
+    db = Database(tmp_path / "c.duckdb")
+    writer = Writer(db, AppendSignal())
+    await writer.start()
+    at = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    events: list[Events] = [
+        [(None, [SampleRow(at, "local", None, None, f"s{i}", "m", "counter", 1.0)])]
+        for i in range(3)
+    ]
+    commits: list[Commit | None] = []
+
+    async def push(one: Events) -> None:
+        commits.append(await writer.append_events(one))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for one in events:
+                tg.start_soon(push, one)
+            await anyio.lowlevel.checkpoint()  # each push handed over, its drain not yet
+            await writer.close()
+    rows = db.read_sync(lambda c: c.execute("SELECT count(*) FROM points").fetchall())
+    db.close()
+    assert len(commits) == 3 and all(c is not None for c in commits)
+    assert rows == [(3,)]
