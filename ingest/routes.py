@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from ingest.bulk import Columns
@@ -131,6 +132,8 @@ async def push_app(scope: Scope, receive: Receive, send: Send) -> None:
         response = await ingest(Request(scope, receive))
     except WriteFailed as exc:
         response = write_failed_response(exc)
+    except ClientDisconnect:
+        return  # it left before its whole body came: nothing was stored, no one to answer
     await response(scope, receive, send)
 
 

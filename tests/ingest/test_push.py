@@ -1,5 +1,7 @@
 """`POST /ingest` against the real app under uvicorn."""
 
+import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +191,19 @@ def test_push_served_beside_the_framework_keeps_cors_its_description_and_other_m
         bad = httpx.post(f"{url}/ingest?x=1", json=event())
         assert bad.status_code == 422 and "x" in bad.json()["error"]
         assert [s["value"] for s in stored(url)] == [1234, 1234]
+
+
+def test_a_client_that_leaves_mid_body_stores_nothing_and_logs_no_traceback(
+    base: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b'Content-Length: 100\r\n\r\n{"source": "gone", ')  # fmt: skip
+    # The server hears of the close before the next connection's request.
+    assert httpx.post(f"{base}/ingest", json=event()).status_code == 202
+    deadline = time.monotonic() + 0.5  # a traceback would be logged at once
+    while time.monotonic() < deadline:
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+        time.sleep(0.05)
+    assert [s["source"] for s in stored(base)] == ["compression"]
