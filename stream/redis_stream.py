@@ -13,15 +13,18 @@ stream's database epoch is kept in `<prefix>:epoch`: a stream of another databas
 dropped.
 
 For gateways the writer also keeps, beside the stream, every tenant's settings (the hash
-`<prefix>:tenants`, tenant -> JSON, with a counter `<prefix>:tenants:version` bumped on
-each change) and a heartbeat (`<prefix>:writer`: its head seq, expiring after
+`<prefix>:tenants`, tenant -> JSON, with `<prefix>:tenants:version`, a value never written
+twice, set on each change) and a heartbeat (`<prefix>:writer`: its head seq, expiring after
 HEARTBEAT_TTL seconds), written every HEARTBEAT_SECONDS and at once on a settings change.
-A gateway reads them through `WriterWatch`.
+Each heartbeat also looks for the epoch key: a Redis that lost its data while no batch came
+is noticed within a heartbeat, and everything above written again. A gateway reads them
+through `WriterWatch`.
 """
 
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -105,6 +108,7 @@ class RedisPublisher:
             self.keys.batches, self.keys.series, self.keys.epoch)  # fmt: skip
         self._tenants = tenants or TenantRegistry()
         self._tenants_changed = True  # written on each connection: Redis may have lost them
+        self._token, self._settings_written = secrets.token_hex(8), 0  # the settings' version
         self._beat_at = 0.0
         self._url = url
         self._db = db
@@ -187,14 +191,20 @@ class RedisPublisher:
         if not self._tenants_changed and now - self._beat_at < HEARTBEAT_SECONDS:
             return
         async with client.pipeline(transaction=False) as pipe:
+            pipe.exists(self.epoch_key)
             pipe.set(self.keys.writer, self._head, ex=HEARTBEAT_TTL)
             if self._tenants_changed:
                 self._tenants_changed = False
                 settings = {t: s.model_dump_json() for t, s in self._tenants.all().items()}
                 if settings:
                     pipe.hset(self.keys.tenants, mapping=settings)  # type: ignore[arg-type]
-                pipe.incr(self.keys.tenants_version)
-            await pipe.execute()
+                # Never the same value twice (a counter would start again at 1 in a Redis
+                # that restarted, and a gateway that last read 1 would miss the change).
+                self._settings_written += 1
+                pipe.set(self.keys.tenants_version, f"{self._token}:{self._settings_written}")
+            epoch_kept, *_ = await pipe.execute()
+        if not epoch_kept:  # Redis lost its data (a client library may reconnect unseen)
+            raise Moved(f"{self.epoch_key} is gone: Redis restarted empty")
         self._beat_at = now
 
     async def _next(self) -> tuple[list[Batch], int]:
@@ -459,7 +469,7 @@ class WriterWatch:
         await _connected(self._url, TIMEOUT_SECONDS, self._start, self._watch, self)
 
     async def _start(self, client: aioredis.Redis) -> None:
-        self._version = None  # a Redis that restarted counts again from 1
+        self._version = None  # read the settings anew on each connection
 
     async def _watch(self, client: aioredis.Redis) -> None:
         while True:

@@ -22,6 +22,8 @@ from stream.wire import decode_batch, decode_series
 from tests.helpers import RedisServer, serve, wait_for
 
 STREAM, SERIES, EPOCH = "omnimetrics:batches", "omnimetrics:series", "omnimetrics:epoch"
+TENANTS, VERSION = "omnimetrics:tenants", "omnimetrics:tenants:version"
+WRITER = "omnimetrics:writer"
 
 
 @pytest.fixture
@@ -198,6 +200,54 @@ def test_a_stream_back_from_an_older_snapshot_gets_what_it_lacks_before_the_next
                 assert http.get("/health").json()["publisher"]["connected"] is True
             finally:
                 client.close()
+
+
+def test_a_redis_restarted_empty_while_no_batch_comes_gets_everything_back(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """No append tells the publisher (there is nothing to publish), and its client may
+    reconnect unseen (redis-py 8.2 does): its heartbeat notices the epoch key gone, and the
+    epoch, the settings (under a version never written before: a counter would start again
+    at a value a gateway has seen), the heartbeat and the stream are written again."""
+    path = tmp_path / "p.duckdb"
+    settings = Settings(db=path, redis_url=redis_server.url)
+    with serve(create_app(settings, Config(sources=[]))) as base:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            seqs = [_push(http, i) for i in range(3)]
+            wait_for(lambda: _seqs(redis_server.url) == seqs)
+            before = wait_for(lambda: _get(redis_server.url, VERSION))  # written once
+            redis_server.stop()
+            # Changed while Redis is away: written once more when it is back, the first
+            # settings write into that Redis, as the one `before` was into the last.
+            response = http.put("/settings", params={"tenant_id": "acme"},
+                                json={"max_events_per_minute": 600})  # fmt: skip
+            assert response.status_code == 200, response.text
+            redis_server.start()
+            wait_for(lambda: _seqs(redis_server.url) == seqs)
+            assert _get(redis_server.url, EPOCH) is not None
+            assert _get(redis_server.url, WRITER) is not None
+            assert b"600" in (_hget(redis_server.url, TENANTS, "acme") or b"")
+            assert _get(redis_server.url, VERSION) not in (None, before)
+            wait_for(lambda: http.get("/health").json()["publisher"]["connected"] is True)
+    _same(_entries(redis_server.url), _stored(path))
+
+
+def _get(url: str, key: str) -> bytes | None:
+    client = redis.Redis.from_url(url)
+    try:
+        value: bytes | None = client.get(key)
+        return value
+    finally:
+        client.close()
+
+
+def _hget(url: str, key: str, field: str) -> bytes | None:
+    client = redis.Redis.from_url(url)
+    try:
+        value: bytes | None = client.hget(key, field)  # type: ignore[assignment]
+        return value
+    finally:
+        client.close()
 
 
 def test_a_restarted_writer_publishes_what_the_stream_lacks_and_at_most_maxlen(
