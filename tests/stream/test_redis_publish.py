@@ -4,7 +4,7 @@ waits on Redis, and what Redis lacks (it was down, paused, restarted empty; the 
 restarted) is published again from the store."""
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,7 @@ def test_a_redis_restarted_empty_while_no_batch_comes_gets_everything_back(
         with httpx.Client(base_url=base, timeout=10) as http:
             seqs = [_push(http, i) for i in range(3)]
             wait_for(lambda: _seqs(redis_server.url) == seqs)
-            before = wait_for(lambda: _get(redis_server.url, VERSION))  # written once
+            before = wait_for(lambda: _read(redis_server.url, lambda c: c.get(VERSION)))
             redis_server.stop()
             # Changed while Redis is away: written once more when it is back, the first
             # settings write into that Redis, as the one `before` was into the last.
@@ -224,28 +224,24 @@ def test_a_redis_restarted_empty_while_no_batch_comes_gets_everything_back(
             assert response.status_code == 200, response.text
             redis_server.start()
             wait_for(lambda: _seqs(redis_server.url) == seqs)
-            assert _get(redis_server.url, EPOCH) is not None
-            assert _get(redis_server.url, WRITER) is not None
-            assert b"600" in (_hget(redis_server.url, TENANTS, "acme") or b"")
-            assert _get(redis_server.url, VERSION) not in (None, before)
+            # The settings and the heartbeat follow the stream's last append (a beat).
+            epoch, writer, version = wait_for(
+                lambda: (
+                    all(keys := _read(redis_server.url, lambda c: c.mget(EPOCH, WRITER, VERSION)))
+                    and keys
+                )
+            )
+            assert version != before  # not the value a gateway last read
+            acme = _read(redis_server.url, lambda c: c.hget(TENANTS, "acme"))
+            assert b"600" in (acme or b"")
             wait_for(lambda: http.get("/health").json()["publisher"]["connected"] is True)
     _same(_entries(redis_server.url), _stored(path))
 
 
-def _get(url: str, key: str) -> bytes | None:
+def _read(url: str, read: Callable[[redis.Redis], Any]) -> Any:
     client = redis.Redis.from_url(url)
     try:
-        value: bytes | None = client.get(key)
-        return value
-    finally:
-        client.close()
-
-
-def _hget(url: str, key: str, field: str) -> bytes | None:
-    client = redis.Redis.from_url(url)
-    try:
-        value: bytes | None = client.hget(key, field)  # type: ignore[assignment]
-        return value
+        return read(client)
     finally:
         client.close()
 
