@@ -212,7 +212,7 @@ class Writer:
             group = [(e, f) for e, f in self._pushes if not f.cancelled()]
             self._pushes.clear()
             self._drain_pending = False
-        answers: list[tuple[asyncio.Future[Commit | None], Commit | BaseException | None]] = []
+        answers: list[_Answer] = []
         appended: list[Appended] = []
         try:
             appended = self._write_group(self._refuse_expired(group, answers), answers)
